@@ -1,0 +1,55 @@
+"""Prompt addons: named fragments added to a task's system prompt.
+
+An addon is a small YAML file, ``addons/<name>.yaml``::
+
+    name: research
+    description: Thorough research with sources and caveats
+    category: research
+    prompt: |
+      Research the subject thoroughly...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+
+from engine.dsl.models import Identifier, StrictModel
+from engine.dsl.source import parse_document
+from engine.errors import CatalogError, WorkflowError
+
+
+class Addon(StrictModel):
+    """A named prompt fragment."""
+
+    name: Identifier = Field(description="Name tasks use in `addons:`; the file's stem.")
+    description: str = Field(min_length=1, description="One line on what the addon does.")
+    category: str = Field(min_length=1, description="Group it is listed under (research, marketing...).")
+    prompt: str = Field(min_length=1, description="The text added to the system prompt.")
+
+
+def load_addon(path: Path) -> Addon:
+    """Read and validate one addon file; CatalogError names the file and line."""
+    try:
+        document = parse_document(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the addon: {exc.strerror}") from None
+    except WorkflowError as exc:
+        raise CatalogError(str(exc.problems[0])) from None
+    try:
+        addon = Addon.model_validate(document.data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = document.source.locate(tuple(error["loc"]))
+        raise CatalogError(f"{where}: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+    if addon.name != path.stem:
+        raise CatalogError(f"{path}: the addon is named {addon.name!r} but its file is {path.name!r}; "
+                           "name the file after the addon")
+    return addon
+
+
+def load_addons(folder: Path) -> dict[str, Addon]:
+    """Every ``*.yaml`` / ``*.yml`` addon in ``folder``, by name."""
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    return {addon.name: addon for addon in map(load_addon, files)}

@@ -1,0 +1,61 @@
+"""Pass 3: each task's effective policies: the task's own, else `defaults`, else the engine's.
+
+One rule for every policy: a field the task leaves out inherits, a value
+overrides, an explicit ``null`` switches it off. ``retry`` merges field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.compiler.plan import NodePolicies, RetrySpec
+from engine.dsl.models import Policies, RetryPolicy, Task
+
+ENGINE_RETRY = RetrySpec(max_attempts=4, initial_delay=1.0, backoff=2.0, max_delay=30.0,
+                         jitter="full", max_elapsed=None)
+ENGINE_TIMEOUT = 120.0
+_UNSET = object()
+
+
+def resolve_policies(task: Task, defaults: Policies) -> NodePolicies:
+    model = _pick("model", task, defaults, None)
+    models = (model,) if isinstance(model, str) else tuple(model or ())
+    return NodePolicies(
+        models=models if task.kind in ("prompt", "plan") else (),
+        timeout=_pick("timeout", task, defaults, ENGINE_TIMEOUT),
+        retry=_retry(task, defaults),
+        critical=_pick("critical", task, defaults, True) is not False,
+        cache=bool(_pick("cache", task, defaults, False)),
+        temperature=_pick("temperature", task, defaults, None),
+        max_tokens=_pick("max_tokens", task, defaults, None),
+        system=_pick("system", task, defaults, None),
+        addons=tuple(_pick("addons", task, defaults, None) or ()),
+    )
+
+
+def _pick(name: str, task: Task, defaults: Policies, engine_default: Any) -> Any:
+    for level in (task, defaults):
+        if name in level.model_fields_set:
+            return getattr(level, name)
+    return engine_default
+
+
+def _retry(task: Task, defaults: Policies) -> RetrySpec | None:
+    levels: list[RetryPolicy] = []
+    for level in (task, defaults):
+        if "retry" in level.model_fields_set:
+            if level.retry is None:
+                if not levels:
+                    return None  # switched off at the nearest level that sets it
+                break
+            levels.append(level.retry)
+    fields: dict[str, Any] = {}
+    for name in RetrySpec.__slots__:
+        value = next((getattr(level, name) for level in levels if _given(level, name)), _UNSET)
+        fields[name] = getattr(ENGINE_RETRY, name) if value is _UNSET else value
+    return RetrySpec(**fields)
+
+
+def _given(level: RetryPolicy, name: str) -> bool:
+    # Inside `retry`, null switches off only the time budget; elsewhere it inherits.
+    return name in level.model_fields_set and (getattr(level, name) is not None or name == "max_elapsed")

@@ -1,0 +1,123 @@
+"""Load a workflow from a file, a string or a dict, with errors that point at the source."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path as FilePath
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.dsl.models import FieldProblem, Workflow
+from engine.dsl.seed import convert_seed, is_seed_document
+from engine.dsl.source import Origin, SourceMap, parse_document
+from engine.errors import Location, Problem, WorkflowError
+
+WorkflowSource = str | os.PathLike[str] | Mapping[str, Any] | Workflow
+
+
+def load_workflow(source: WorkflowSource) -> Workflow:
+    """Load and validate a workflow from a path, a mapping, or a Workflow.
+
+    Raises WorkflowError listing every problem, each with file:line:column.
+    """
+    if isinstance(source, Workflow):
+        return source
+    if isinstance(source, Mapping):
+        return _validate(dict(source), Origin(SourceMap("<dict>")))
+    path = FilePath(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise WorkflowError([Problem("unreadable", f"cannot read the file: {reason}",
+                                     location=Location(str(path)))]) from None
+    return parse_workflow(text, name=str(path), file=path)
+
+
+def parse_workflow(text: str, name: str = "<string>", file: FilePath | None = None) -> Workflow:
+    """Load and validate a workflow from YAML or JSON text."""
+    document = parse_document(text, name)
+    return _validate(document.data, Origin(document.source, file))
+
+
+def _validate(data: dict[str, Any], origin: Origin) -> Workflow:
+    if is_seed_document(data):
+        stem = FilePath(origin.source.name).stem if origin.file else "seed_workflow"
+        data, renames = convert_seed(data, _safe_name(stem))
+        origin = Origin(origin.source, origin.file, renames)
+    try:
+        workflow = Workflow.model_validate(data)
+    except ValidationError as exc:
+        raise WorkflowError([_problem(error, origin) for error in exc.errors()]) from None
+    workflow._origin = origin
+    return workflow
+
+
+def _safe_name(stem: str) -> str:
+    cleaned = "".join(char if char.isalnum() or char in "_.-" else "_" for char in stem)
+    return cleaned.lstrip(".-") or "seed_workflow"
+
+
+def _problem(error: Any, origin: Origin) -> Problem:
+    path = _clean_loc(error["loc"])
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldProblem):
+        path += cause.path
+    message, hint = _describe(error, cause, path)
+    return Problem("schema", message, path, hint, origin.locate(path))
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Path:
+    """Drop the union tags pydantic inserts (``tasks[0].task.prompt``)."""
+    cleaned: list[str | int] = []
+    for index, part in enumerate(loc):
+        after_item = index > 0 and isinstance(loc[index - 1], int)
+        if after_item and part in ("task", "stage") and len(loc) > 2 and loc[index - 2] == "tasks":
+            continue
+        if isinstance(part, str) and part.startswith(("function-after[", "function-before[")):
+            continue
+        cleaned.append(part)
+    return tuple(cleaned)
+
+
+def _describe(error: Any, cause: object, path: Path) -> tuple[str, str | None]:
+    kind = error["type"]
+    if isinstance(cause, Exception):
+        return str(cause), None
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        return f"unknown field {key!r}", _did_you_mean(key, _known_fields(path))
+    if kind == "missing":
+        return f"missing required field {str(path[-1])!r}", None
+    if kind == "literal_error":
+        return f"{error['msg']}, found {error['input']!r}", None
+    if kind in {"string_type", "int_type", "float_type", "bool_type", "dict_type", "list_type"}:
+        found = type(error["input"]).__name__ if error["input"] is not None else "null"
+        hint = "quote the value to make it a string" if kind == "string_type" else None
+        return f"{error['msg']}, found {found} {error['input']!r}"[:300], hint
+    return error["msg"], None
+
+
+def _known_fields(path: Path) -> list[str]:
+    from engine.dsl import models
+
+    parent = path[:-1]
+    if not parent:
+        return _aliases(models.Workflow)
+    owner = {"defaults": models.Policies, "limits": models.Limits, "retry": models.RetryPolicy,
+             "repeat": models.Repeat, "output": models.OutputSpec}.get(str(parent[-1]))
+    if owner is not None:
+        return _aliases(owner)
+    return _aliases(models.Task) + _aliases(models.Stage)
+
+
+def _aliases(model: type[Any]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _did_you_mean(key: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else None

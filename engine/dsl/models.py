@@ -1,0 +1,287 @@
+"""The workflow DSL (``dsl: orchestrion/v1``) as strict pydantic models.
+
+Every field carries a description: they become the documentation of the
+published JSON Schema. Policies (``model``, ``retry``, ``timeout``...) follow
+one rule everywhere: a field that is absent inherits from ``defaults`` (then
+from the engine), a value overrides, and an explicit ``null`` switches it off.
+Whether a field was given is read from pydantic's ``model_fields_set``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from engine.dsl.source import Origin
+
+DSL_VERSION = "orchestrion/v1"
+TASK_KINDS = ("prompt", "call", "workflow", "plan")
+
+# Names that a template would see as something else: Jinja keywords and globals,
+# and the names the engine binds itself.
+RESERVED_NAMES = frozenset(
+    "and or not in is if else elif true false none True False None loop item self "
+    "super caller varargs kwargs range dict lipsum cycler joiner namespace".split()
+)
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+ModelAlias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$", max_length=128)]
+FunctionName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*([.:][A-Za-z_][A-Za-z0-9_]*)*$")
+]
+JsonSchema = dict[str, Any]
+
+
+class FieldProblem(ValueError):
+    """Raised by validators to point at a field below the validated object."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StrictModel(BaseModel):
+    # strict: "100" is not 100, so pydantic agrees with the JSON Schema.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryPolicy(StrictModel):
+    """Exponential backoff with jitter. Fields left out inherit from `defaults.retry`."""
+
+    max_attempts: int | None = Field(None, ge=1, le=100, description="Attempts in all, the first included.")
+    initial_delay: float | None = Field(None, ge=0, description="Seconds before the first retry.")
+    backoff: float | None = Field(None, ge=1, description="Factor the delay grows by after each attempt.")
+    max_delay: float | None = Field(None, ge=0, description="Cap in seconds on one delay, applied after jitter.")
+    jitter: Literal["full", "none"] | None = Field(
+        None, description="`full`: each delay is random between 0 and its exponential value."
+    )
+    max_elapsed: float | None = Field(
+        None, gt=0, description="Total seconds of retrying for the task, apart from each attempt's `timeout`."
+    )
+
+
+class OutputSpec(StrictModel):
+    """What a task returns: text by default, JSON validated against `schema` if given."""
+
+    schema_: JsonSchema | None = Field(
+        None, alias="schema",
+        description="JSON Schema (2020-12) the output must match; the task then returns parsed JSON.",
+    )
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: JsonSchema | None) -> JsonSchema | None:
+        if value is not None:
+            _check_json_schema(value, ())
+        return value
+
+
+class Policies(StrictModel):
+    """Settings a task inherits from `defaults`; `null` switches one off."""
+
+    model: ModelAlias | list[ModelAlias] | None = Field(
+        None, description="Model alias, or a list of aliases tried in order as a fallback chain."
+    )
+    system: str | None = Field(None, description="System prompt (a Jinja template).")
+    addons: list[Identifier] | None = Field(
+        None, description="Names of prompt addons (files in `addons/`) added to the system prompt."
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(None, ge=1, description="Cap on the tokens the model generates.")
+    timeout: float | None = Field(None, gt=0, description="Seconds allowed for one attempt.")
+    retry: RetryPolicy | None = Field(None, description="Retry policy; `null` means a single attempt.")
+    critical: bool | None = Field(
+        None, description="If true (the default) a failure fails the run; if false the output is null."
+    )
+    cache: bool | None = Field(None, description="Reuse a stored answer to an identical request.")
+
+    @field_validator("model")
+    @classmethod
+    def _chain_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a fallback chain needs at least one model")
+            if len(set(value)) != len(value):
+                raise ValueError("a model appears twice in the fallback chain")
+        return value
+
+
+# Fields that belong to one kind of task, and the kinds that accept each.
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    "model": frozenset({"prompt", "plan"}),
+    "system": frozenset({"prompt"}),
+    "addons": frozenset({"prompt"}),
+    "temperature": frozenset({"prompt", "plan"}),
+    "max_tokens": frozenset({"prompt", "plan"}),
+    "output": frozenset({"prompt", "call"}),
+    "with_": frozenset({"call", "workflow"}),
+}
+
+
+class Task(Policies):
+    """A unit of work. Its kind is given by which of `prompt`, `call`, `workflow`, `plan` it has."""
+
+    id: Identifier = Field(description="Unique name of the task; later templates refer to its output by it.")
+    description: str | None = Field(None, description="What the task is for (shown in graphs).")
+    prompt: str | None = Field(None, description="An LLM call: the user message, a Jinja template.")
+    call: FunctionName | None = Field(None, description="A Python function registered with the engine.")
+    workflow: str | None = Field(
+        None, min_length=1, description="Another workflow to run: a template name or a path to its file."
+    )
+    plan: str | None = Field(
+        None, description="A request for the master planner (a Jinja template); the workflow it "
+        "writes is validated, then run.",
+    )
+    with_: dict[str, Any] | None = Field(
+        None, alias="with", description="Arguments of `call`, or inputs of `workflow`; strings are templates."
+    )
+    output: OutputSpec | None = Field(None, description="Shape of the output.")
+    when: str | None = Field(None, description="Jinja expression; if false the task is skipped.")
+    for_each: str | None = Field(
+        None, description="Jinja expression giving a list: the task runs once per item; "
+        "its output is the list of results, in order.",
+    )
+    as_: Identifier | None = Field(None, alias="as", description="Name of the current item (default `item`).")
+    max_concurrency: int | None = Field(None, ge=1, description="Items of `for_each` run at once.")
+    after: list[Identifier] = Field(
+        default_factory=list, description="Ids of tasks that must finish first (ordering without data)."
+    )
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in TASK_KINDS if getattr(self, kind) is not None)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Task:
+        given = [kind for kind in TASK_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"a task needs exactly one of prompt, call, workflow, plan (found: {found})")
+        kind = given[0]
+        for name, kinds in KIND_FIELDS.items():
+            if name in self.model_fields_set and kind not in kinds:
+                key = name.rstrip("_")
+                raise FieldProblem((key,), f"`{key}` does not apply to a `{kind}` task")
+        if (self.as_ is not None or self.max_concurrency is not None) and self.for_each is None:
+            raise FieldProblem(("as" if self.as_ else "max_concurrency",), "needs `for_each`")
+        return self
+
+
+class Repeat(StrictModel):
+    """Run the stage again, at most `max_rounds` times in all, until `until` holds."""
+
+    max_rounds: int = Field(ge=1, le=100, description="Rounds at most, the first included.")
+    until: str | None = Field(
+        None, description="Jinja expression checked after each round; true ends the loop."
+    )
+
+
+def _stage_item_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        return "stage" if "type" in value else "task"
+    return "stage" if isinstance(value, Stage) else "task"
+
+
+StageItem = Annotated[
+    Annotated[Task, Tag("task")] | Annotated["Stage", Tag("stage")],
+    Discriminator(_stage_item_tag),
+]
+
+
+class Stage(StrictModel):
+    """A group of tasks: `linear` runs them in parallel, `inline` one after another."""
+
+    type: Literal["linear", "inline"] = Field(
+        description="`linear`: items run in parallel; `inline`: items run in order."
+    )
+    name: str | None = Field(None, description="Label shown in graphs.")
+    description: str | None = Field(None, description="What the stage is for.")
+    tasks: list[StageItem] = Field(
+        min_length=1, description="Tasks, or nested stages (an object with `type`) in place of tasks."
+    )
+    repeat: Repeat | None = Field(None, description="Run the stage as a bounded loop.")
+
+
+class Limits(StrictModel):
+    """Bounds on one run of the workflow."""
+
+    max_cost_usd: float | None = Field(None, ge=0, description="Stop before a call would pass this cost.")
+    max_concurrency: int | None = Field(None, ge=1, description="Tasks running at once.")
+    timeout: float | None = Field(None, gt=0, description="Seconds allowed for the whole run.")
+
+
+class Workflow(StrictModel):
+    """An Orchestrion workflow: stages of tasks that call models, functions, workflows or the planner."""
+
+    schema_url: str | None = Field(None, alias="$schema", description="JSON Schema of this document.")
+    dsl: Literal["orchestrion/v1"] = Field(description="Version of the DSL; always `orchestrion/v1`.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=128, description="Name of the workflow."
+    )
+    version: str = Field(
+        "0.1.0", pattern=r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$", description="Semver of this definition."
+    )
+    description: str | None = Field(None, description="What the workflow does.")
+    inputs: dict[Identifier, JsonSchema] = Field(
+        default_factory=dict, description="Inputs, each a JSON Schema; one with a `default` is optional."
+    )
+    defaults: Policies = Field(default_factory=Policies, description="Policies every task inherits.")
+    limits: Limits = Field(default_factory=Limits, description="Bounds on a run.")
+    schedule: Literal["dataflow", "staged"] = Field(
+        "dataflow", description="`dataflow`: a task starts once what it needs is done; "
+        "`staged`: each stage waits for the previous one.",
+    )
+    stages: list[Stage] = Field(min_length=1, description="The stages, in order.")
+    outputs: dict[Identifier, str] = Field(
+        default_factory=dict, description="Named results of the run, each a Jinja template."
+    )
+
+    _origin: Any = PrivateAttr(None)
+
+    @property
+    def origin(self) -> Origin | None:
+        """Where the workflow was loaded from (None for one built in code)."""
+        origin: Origin | None = self._origin
+        return origin
+
+    @field_validator("inputs")
+    @classmethod
+    def _valid_inputs(cls, inputs: dict[str, JsonSchema]) -> dict[str, JsonSchema]:
+        for name, schema in inputs.items():
+            _check_json_schema(schema, (name,))
+            if "default" in schema:
+                _check_instance(schema["default"], schema, (name, "default"))
+        return inputs
+
+
+def _check_json_schema(schema: JsonSchema, path: tuple[str | int, ...]) -> None:
+    from jsonschema import Draft202012Validator, SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = tuple(exc.path)
+        raise FieldProblem(path + where, f"not a valid JSON Schema: {exc.message}") from None
+
+
+def _check_instance(value: Any, schema: JsonSchema, path: tuple[str | int, ...]) -> None:
+    from jsonschema import Draft202012Validator
+
+    error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+    if error is not None:
+        raise FieldProblem(path, f"the default does not match the input's schema: {error.message}")
+
+
+Stage.model_rebuild()

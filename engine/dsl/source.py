@@ -1,0 +1,165 @@
+"""Parse YAML or JSON text into plain data, remembering where every value stood.
+
+ruamel.yaml (YAML 1.2) is used rather than PyYAML because it rejects duplicate
+keys and keeps the line and column of every key and item; YAML 1.2 also keeps
+``no`` a string. JSON is YAML 1.2, so one parser serves both; ``json`` is only a
+fallback for the rare JSON that YAML refuses (tabs as indentation).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path as FilePath
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from engine.errors import Location, Path, Problem, WorkflowError
+
+MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
+MAX_NODES = 200_000  # after alias expansion: stops "billion laughs" documents
+
+
+@dataclass(frozen=True)
+class SourceMap:
+    """Positions (1-based line, column) of the values of a parsed document."""
+
+    name: str
+    positions: Mapping[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path) -> Location:
+        """The position of ``path``, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            position = self.positions.get(path[:end])
+            if position is not None:
+                return Location(self.name, *position)
+        return Location(self.name)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a loaded workflow came from: its file and the position of each value."""
+
+    source: SourceMap
+    file: FilePath | None = None
+    # For converted documents: new path prefix -> path in the original document.
+    renames: Mapping[Path, Path] = field(default_factory=dict)
+
+    def locate(self, path: Path) -> Location:
+        for end in range(len(path), 0, -1):
+            old = self.renames.get(path[:end])
+            if old is not None:
+                return self.source.locate(old + path[end:])
+        return self.source.locate(path)
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    data: dict[str, Any]
+    source: SourceMap
+
+
+def parse_document(text: str, name: str = "<string>") -> ParsedDocument:
+    """Parse ``text`` (YAML or JSON); raise WorkflowError naming line and column."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise _error(name, "too-large", f"document is larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        raw = YAML(typ="rt", pure=True).load(text)
+    except DuplicateKeyError as exc:
+        raise _yaml_error(name, exc, "duplicate-key", "remove or rename one of the two keys") from None
+    except YAMLError as exc:
+        if text.lstrip().startswith(("{", "[")):
+            return _parse_json(text, name)
+        raise _yaml_error(name, exc, "syntax", "fix the YAML syntax at that position") from None
+    positions: dict[Path, tuple[int, int]] = {}
+    data = _to_plain(raw, (), positions, [0], name)
+    if not isinstance(data, dict):
+        found = "an empty document" if data is None else f"a {type(data).__name__}"
+        raise _error(name, "not-a-mapping", f"the document must be a mapping, found {found}",
+                     hint="start the file with `dsl: orchestrion/v1`")
+    return ParsedDocument(data, SourceMap(name, positions))
+
+
+def _to_plain(
+    node: Any, path: Path, positions: dict[Path, tuple[int, int]], count: list[int], name: str
+) -> Any:
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise _error(name, "too-large", f"document expands to more than {MAX_NODES} values",
+                     hint="YAML aliases that repeat large blocks multiply the document's size")
+    if isinstance(node, CommentedMap):
+        result: dict[str, Any] = {}
+        for key, value in node.items():
+            child = (*path, str(key))
+            line, col = node.lc.key(key) if _is_collection(value) else node.lc.value(key)
+            positions[child] = (line + 1, col + 1)
+            result[str(key)] = _to_plain(value, child, positions, count, name)
+        return result
+    if isinstance(node, CommentedSeq):
+        items = []
+        for index, value in enumerate(node):
+            line, col = node.lc.item(index)
+            positions[(*path, index)] = (line + 1, col + 1)
+            items.append(_to_plain(value, (*path, index), positions, count, name))
+        return items
+    return _scalar(node)
+
+
+def _is_collection(value: Any) -> bool:
+    return isinstance(value, CommentedMap | CommentedSeq)
+
+
+def _scalar(node: Any) -> Any:
+    """ruamel's scalar subclasses -> the plain JSON types."""
+    if node is None or isinstance(node, bool):
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, dt.date | dt.datetime):
+        return node.isoformat()  # JSON has no dates: keep what the author wrote
+    return str(node)
+
+
+def _parse_json(text: str, name: str) -> ParsedDocument:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicated:
+            raise _error(name, "duplicate-key", f"duplicate key {duplicated[0]!r}",
+                         hint="remove or rename one of the two keys")
+        return dict(pairs)
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        problem = Problem("syntax", exc.msg, location=Location(name, exc.lineno, exc.colno),
+                          hint="fix the JSON syntax at that position")
+        raise WorkflowError([problem]) from None
+    if not isinstance(data, dict):
+        raise _error(name, "not-a-mapping", "the document must be a JSON object")
+    return ParsedDocument(data, SourceMap(name))
+
+
+def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowError:
+    location = Location(name)
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            location = Location(name, mark.line + 1, mark.column + 1)
+        message = " ".join(part for part in (exc.context, exc.problem) if part)
+        if code == "duplicate-key":
+            message = (exc.problem or "duplicate key").split(" with value")[0]
+    return WorkflowError([Problem(code, message, location=location, hint=hint)])
+
+
+def _error(name: str, code: str, message: str, hint: str | None = None) -> WorkflowError:
+    return WorkflowError([Problem(code, message, location=Location(name), hint=hint)])

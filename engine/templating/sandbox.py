@@ -1,0 +1,268 @@
+"""Jinja in an immutable sandbox, with bounded output and work.
+
+Templates come from workflow files and from an LLM (the planner), so they are
+untrusted. The immutable sandbox blocks private attributes (``__class__``,
+``__globals__``), ``|attr`` escapes and mutation; it does not bound
+resources, so this module adds:
+
+- a cap on every string or list an operator, filter or method builds
+  (``'a' * 10**9``, ``'{:>999999999}'.format(1)``, ``x|center(10**9)``);
+- a work budget: every ``for`` loop draws from an iteration budget and checks
+  a deadline (the AST is rewritten so loops iterate through a counter);
+- a cap on the rendered output, enforced while rendering.
+
+Undefined names are errors (StrictUndefined); compiled templates are cached.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, nodes
+from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.errors import TemplateError, TemplateLimitError, TemplateSecurityError
+
+
+@dataclass(frozen=True, slots=True)
+class RenderLimits:
+    """Bounds on one render."""
+
+    max_output_chars: int = 1_000_000
+    max_value_chars: int = 1_000_000  # any one string or list built while rendering
+    max_iterations: int = 100_000  # loop iterations, all loops together
+    max_seconds: float = 1.0
+    max_width: int = 10_000  # numeric arguments of filters (widths, counts)
+
+
+class _Budget:
+    __slots__ = ("limits", "iterations", "deadline")
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.limits = limits
+        self.iterations = 0
+        self.deadline = time.monotonic() + limits.max_seconds
+
+    def tick(self) -> None:
+        self.iterations += 1
+        if self.iterations > self.limits.max_iterations:
+            raise TemplateLimitError(f"template loops ran more than {self.limits.max_iterations} iterations")
+        if self.iterations % 256 == 0:
+            self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TemplateLimitError(f"template took longer than {self.limits.max_seconds} s to render")
+
+
+_budget: ContextVar[_Budget | None] = ContextVar("orchestrion_render_budget", default=None)
+_DEFAULT_LIMITS = RenderLimits()
+_LOOP_GUARD = "__orchestrion_bounded_iter"
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+def _limits() -> RenderLimits:
+    budget = _budget.get()
+    return budget.limits if budget is not None else _DEFAULT_LIMITS
+
+
+def _check_size(value: Any) -> Any:
+    if isinstance(value, str | list | tuple) and len(value) > _limits().max_value_chars:
+        raise TemplateLimitError(f"a value built while rendering is longer than {_limits().max_value_chars}")
+    return value
+
+
+def _check_width(value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _limits().max_width:
+        raise TemplateLimitError(f"numeric argument {value} is above the limit of {_limits().max_width}")
+
+
+def _check_percent_format(text: str) -> None:
+    for match in _PERCENT_SPEC.finditer(text):
+        for number in match.groups():
+            if number == "*":
+                raise TemplateSecurityError("'*' widths in % formatting are not allowed")
+            if number is not None:
+                _check_width(int(number))
+
+
+def _check_brace_format(text: str) -> None:
+    for _, _, spec, _ in string.Formatter().parse(text):
+        for number in re.findall(r"\d+", spec or ""):
+            _check_width(int(number))
+
+
+def _estimate_product(left: Any, right: Any) -> None:
+    for sequence, count in ((left, right), (right, left)):
+        if isinstance(sequence, str | list | tuple) and isinstance(count, int):
+            if len(sequence) * max(count, 0) > _limits().max_value_chars:
+                raise TemplateLimitError(
+                    f"repeating a value {count} times exceeds the limit of {_limits().max_value_chars}"
+                )
+
+
+def _bounded_iter(iterable: Iterable[Any]) -> Iterator[Any]:
+    budget = _budget.get()
+    for item in iterable:
+        if budget is not None:
+            budget.tick()
+        yield item
+
+
+def _bounded_filter(function: Callable[..., Any]) -> Callable[..., Any]:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        for argument in (*args[1:], *kwargs.values()):
+            _check_width(argument)
+            if isinstance(argument, str) and function.__name__ == "do_format":
+                _check_percent_format(argument)
+        if function.__name__ == "do_format" and args and isinstance(args[0], str):
+            _check_percent_format(args[0])
+        if function.__name__ == "do_replace" and len(args) >= 4:
+            _estimate_replace(str(args[1]), str(args[2]), str(args[3]))
+        if function.__name__ == "do_wordwrap" and len(kwargs.get("wrapstring") or "") > 16:
+            raise TemplateSecurityError("wordwrap's wrapstring is limited to 16 characters")
+        return _check_size(function(*args, **kwargs))
+
+    for attribute in ("jinja_pass_arg",):  # keep pass_context/pass_eval_context markers
+        if hasattr(function, attribute):
+            setattr(bounded, attribute, getattr(function, attribute))
+    bounded.__name__ = function.__name__
+    return bounded
+
+
+def _estimate_replace(text: str, old: str, new: str) -> None:
+    occurrences = text.count(old) if old else len(text) + 1
+    if len(text) + occurrences * max(len(new) - len(old), 0) > _limits().max_value_chars:
+        raise TemplateLimitError("replace would build a value above the size limit")
+
+
+class SandboxEnvironment(ImmutableSandboxedEnvironment):
+    """ImmutableSandboxedEnvironment with resource bounds (see the module docstring)."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def __init__(self) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self.globals.pop("lipsum", None)  # lipsum(n) generates n paragraphs
+        self.globals[_LOOP_GUARD] = _bounded_iter
+        self.filters = {name: _bounded_filter(f) for name, f in self.filters.items()}
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _estimate_product(left, right)
+        elif operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise TemplateLimitError("exponents above 64 are not allowed in templates")
+        elif operator == "%" and isinstance(left, str):
+            _check_percent_format(left)
+        return _check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name in _WIDTH_METHODS:
+                for argument in (*args, *kwargs.values()):
+                    _check_width(argument)
+            elif name == "replace" and len(args) >= 2:
+                _estimate_replace(owner, str(args[0]), str(args[1]))
+            elif name == "join" and args:
+                items = list(args[0])
+                _check_size(owner * max(len(items) - 1, 0))
+                args = (items, *args[1:])
+        budget = _budget.get()
+        if budget is not None:
+            budget.check_time()
+        return _check_size(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        # str.format is wrapped at attribute access, not in call(): check its widths here.
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_brace_format(value.__self__)
+        return wrapped
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Call(nodes.Name(_LOOP_GUARD, "load"), [loop.iter], [], None, None)
+        return tree
+
+
+class TemplateRenderer:
+    """Compiles templates and expressions once, renders them within limits."""
+
+    def __init__(self, limits: RenderLimits = _DEFAULT_LIMITS, cache_size: int = 4096) -> None:
+        self.limits = limits
+        self.environment = SandboxEnvironment()
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._cache_size = cache_size
+
+    def render(self, source: str, variables: dict[str, Any]) -> str:
+        """Render a template; raise TemplateError for any failure."""
+        template = self._compiled("template", source)
+        token = _budget.set(_Budget(self.limits))
+        try:
+            pieces: list[str] = []
+            size = 0
+            for piece in template.generate(variables):
+                size += len(piece)
+                if size > self.limits.max_output_chars:
+                    raise TemplateLimitError(f"output is longer than {self.limits.max_output_chars} characters")
+                pieces.append(piece)
+            return "".join(pieces)
+        except TemplateError:
+            raise
+        except Exception as exc:
+            raise _template_error(exc) from None
+        finally:
+            _budget.reset(token)
+
+    def evaluate(self, expression: str, variables: dict[str, Any]) -> Any:
+        """Evaluate a bare expression (``when``, ``until``, ``for_each``)."""
+        compiled = self._compiled("expression", expression)
+        token = _budget.set(_Budget(self.limits))
+        try:
+            return compiled(**variables)
+        except TemplateError:
+            raise
+        except Exception as exc:
+            raise _template_error(exc) from None
+        finally:
+            _budget.reset(token)
+
+    def _compiled(self, kind: str, source: str) -> Any:
+        key = (kind, source)
+        compiled = self._cache.get(key)
+        if compiled is not None:
+            self._cache.move_to_end(key)
+            return compiled
+        try:
+            if kind == "template":
+                compiled = self.environment.from_string(source)
+            else:
+                compiled = self.environment.compile_expression(source, undefined_to_none=False)
+        except TemplateSyntaxError as exc:
+            raise TemplateError(f"syntax error in {kind}: {exc.message} (line {exc.lineno})") from None
+        self._cache[key] = compiled
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return compiled
+
+
+def _template_error(exc: Exception) -> TemplateError:
+    if isinstance(exc, SecurityError):
+        return TemplateSecurityError(f"refused by the sandbox: {exc}")
+    if isinstance(exc, UndefinedError):
+        return TemplateError(f"undefined name: {exc.message}")
+    if isinstance(exc, RecursionError | MemoryError | OverflowError):
+        return TemplateLimitError(f"template exceeded a resource limit: {type(exc).__name__}")
+    return TemplateError(f"{type(exc).__name__}: {exc}")

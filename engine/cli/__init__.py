@@ -1,0 +1,125 @@
+"""The ``orchestrion`` command: validate, graph and schema for workflow files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from engine.catalog import Catalog
+from engine.compiler import Plan, compile_workflow
+from engine.dsl.loader import load_workflow
+from engine.errors import CatalogError, WorkflowError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``orchestrion`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args, sys.stdout)
+    except CatalogError as exc:
+        print(f"orchestrion: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `orchestrion schema | head`
+        return EXIT_OK
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrion", description="Declarative LLM workflows.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check workflow files; exit 1 if any has a problem")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument("-v", "--verbose", action="store_true", help="also report the files that are valid")
+    _catalog_options(validate)
+    validate.set_defaults(handler=_validate)
+
+    graph = commands.add_parser("graph", help="print a workflow's task graph")
+    graph.add_argument("file", type=Path, metavar="FILE")
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    _catalog_options(graph)
+    graph.set_defaults(handler=_graph)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of workflow files")
+    schema.set_defaults(handler=_schema)
+
+    addons = commands.add_parser("addons", help="list the prompt addons")
+    _catalog_options(addons)
+    addons.set_defaults(handler=_addons)
+    return parser
+
+
+def _catalog_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what workflows may refer to (besides the built-ins and ./addons, ./templates)")
+    group.add_argument("--addons", action="append", type=Path, default=[], metavar="DIR",
+                       help="another folder of addon files")
+    group.add_argument("--templates", action="append", type=Path, default=[], metavar="DIR",
+                       help="another folder of workflow templates")
+    group.add_argument("--model", action="append", default=[], metavar="ALIAS", help="another model alias")
+    group.add_argument("--function", action="append", default=[], metavar="NAME",
+                       help="the name of a function `call:` tasks may use")
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    local = Path.cwd()
+    return Catalog.default(
+        addon_dirs=[local / "addons", *args.addons],
+        template_dirs=[local / "templates", *args.templates],
+        models=args.model,
+        functions=args.function,
+    )
+
+
+def _compile(path: Path, catalog: Catalog) -> Plan:
+    return compile_workflow(load_workflow(path), catalog)
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    catalog = _catalog(args)
+    failed = 0
+    for path in args.files:
+        try:
+            plan = _compile(path, catalog)
+        except WorkflowError as exc:
+            failed += 1
+            for problem in exc.problems:
+                print(problem, file=out)
+            continue
+        if args.verbose:
+            print(f"{path}: ok ({len(plan.nodes)} nodes, {len(plan.edges)} edges)", file=out)
+    if failed and len(args.files) > 1:
+        print(f"{failed} of {len(args.files)} files have problems", file=out)
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def _graph(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.graph import to_dot, to_mermaid
+
+    try:
+        plan = _compile(args.file, _catalog(args))
+    except WorkflowError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    out.write(to_dot(plan) if args.format == "dot" else to_mermaid(plan))
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.schema import workflow_json_schema
+
+    out.write(json.dumps(workflow_json_schema(), indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def _addons(args: argparse.Namespace, out: TextIO) -> int:
+    for addon in sorted(_catalog(args).addons.values(), key=lambda a: (a.category, a.name)):
+        print(f"{addon.category:<18} {addon.name:<24} {addon.description}", file=out)
+    return EXIT_OK

@@ -1,0 +1,81 @@
+"""The published JSON Schema of the DSL, generated from the pydantic models.
+
+``orchestrion schema > schemas/workflow.schema.json`` regenerates the file; a
+test fails when it is out of date. pydantic's output is adjusted where
+jsonschema would otherwise disagree with pydantic or give vague errors:
+
+- a stage item is a nested stage if it has ``type``, else a task
+  (``if``/``then``/``else`` instead of ``oneOf``, for exact error paths);
+- a task has exactly one kind key, and no field foreign to its kind;
+- names of inputs and outputs must be identifiers (``propertyNames``);
+- ``"default": null`` is dropped: absent means "inherit", null means "off".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.dsl.models import KIND_FIELDS, TASK_KINDS, Workflow
+
+SCHEMA_ID = "https://orchestrion.dev/schemas/workflow.schema.json"
+META_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a workflow document."""
+    schema = Workflow.model_json_schema(by_alias=True)
+    definitions = schema["$defs"]
+    _stage_items(definitions["Stage"])
+    _task_kinds(definitions["Task"])
+    for name in ("inputs", "outputs"):
+        _identifier_keys(schema["properties"][name])
+    schema["properties"]["inputs"]["additionalProperties"] = {"$ref": META_SCHEMA}
+    definitions["OutputSpec"]["properties"]["schema"] = {
+        "description": definitions["OutputSpec"]["properties"]["schema"]["description"],
+        "anyOf": [{"$ref": META_SCHEMA}, {"type": "null"}],
+    }
+    _drop_null_defaults(schema)
+    return {"$schema": META_SCHEMA, "$id": SCHEMA_ID, **schema}
+
+
+def _stage_items(stage: dict[str, Any]) -> None:
+    stage["properties"]["tasks"]["items"] = {
+        "if": {"type": "object", "required": ["type"]},
+        "then": {"$ref": "#/$defs/Stage"},
+        "else": {"$ref": "#/$defs/Task"},
+    }
+
+
+def _task_kinds(task: dict[str, Any]) -> None:
+    task["anyOf"] = [{"required": [kind]} for kind in TASK_KINDS]
+    rules = []
+    for kind in TASK_KINDS:
+        foreign = [other for other in TASK_KINDS if other != kind]
+        foreign += [field.rstrip("_") for field, kinds in KIND_FIELDS.items() if kind not in kinds]
+        rules.append({
+            "if": {"required": [kind]},
+            "then": {"properties": dict.fromkeys(sorted(foreign), False)},
+        })
+    rules.append({
+        "if": {"anyOf": [{"required": ["as"]}, {"required": ["max_concurrency"]}]},
+        "then": {"required": ["for_each"]},
+    })
+    task["allOf"] = rules
+
+
+def _identifier_keys(mapping: dict[str, Any]) -> None:
+    patterns = mapping.pop("patternProperties")
+    (pattern, values), = patterns.items()
+    mapping["propertyNames"] = {**mapping.get("propertyNames", {}), "pattern": pattern}
+    mapping["additionalProperties"] = values
+
+
+def _drop_null_defaults(node: Any) -> None:
+    if isinstance(node, dict):
+        if "default" in node and node["default"] is None:
+            del node["default"]
+        for value in node.values():
+            _drop_null_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_null_defaults(value)

@@ -57,6 +57,12 @@ class Problem:
     hint: str | None = None
     location: Location | None = None
 
+    def sort_key(self) -> tuple[int, int]:
+        """Problems sort by their position in the file."""
+        if self.location is None:
+            return (0, 0)
+        return (self.location.line or 0, self.location.column or 0)
+
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
         text = f"{where}{format_path(self.path)}: {self.message}"

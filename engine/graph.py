@@ -46,7 +46,7 @@ def to_dot(plan: Plan) -> str:
 def _label(node: Node) -> str:
     if node.kind == "until":
         return f"until {node.condition} (round {node.round})"
-    detail = node.kind
+    detail: str = node.kind
     if node.policies is not None and node.policies.models:
         detail = " → ".join(node.policies.models)
     elif node.task is not None and node.task.kind in ("call", "workflow"):

@@ -61,4 +61,4 @@ def _located(problems: list[Problem], workflow: Workflow) -> list[Problem]:
     if origin is None:
         return problems
     located = [Problem(p.code, p.message, p.path, p.hint, origin.locate(p.path)) for p in problems]
-    return sorted(located, key=lambda p: (p.location.line or 0, p.location.column or 0) if p.location else (0, 0))
+    return sorted(located, key=Problem.sort_key)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from engine.compiler.sites import RepeatGroup, Site, Sites
 from engine.dsl.models import Workflow
-from engine.errors import Path, Problem, TemplateError
+from engine.errors import Path, Problem, TemplateError, format_path
 from engine.templating.references import expression_references, template_references
 
 SourceKind = Literal["input", "task", "previous", "loop", "item"]
@@ -170,6 +170,4 @@ class _Resolver:
 
 
 def _where(site: Site) -> str:
-    from engine.errors import format_path
-
     return format_path(site.path)

@@ -10,10 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine.dsl.models import FieldProblem, Workflow
+from engine.dsl import models
+from engine.dsl.models import FieldError, Workflow
 from engine.dsl.seed import convert_seed, is_seed_document
 from engine.dsl.source import Origin, SourceMap, parse_document
-from engine.errors import Location, Problem, WorkflowError
+from engine.errors import Location, Path, Problem, WorkflowError
 
 WorkflowSource = str | os.PathLike[str] | Mapping[str, Any] | Workflow
 
@@ -51,7 +52,8 @@ def _validate(data: dict[str, Any], origin: Origin) -> Workflow:
     try:
         workflow = Workflow.model_validate(data)
     except ValidationError as exc:
-        raise WorkflowError([_problem(error, origin) for error in exc.errors()]) from None
+        found = [_problem(error, origin) for error in exc.errors()]
+        raise WorkflowError(sorted(found, key=Problem.sort_key)) from None
     workflow._origin = origin
     return workflow
 
@@ -64,7 +66,7 @@ def _safe_name(stem: str) -> str:
 def _problem(error: Any, origin: Origin) -> Problem:
     path = _clean_loc(error["loc"])
     cause = error.get("ctx", {}).get("error")
-    if isinstance(cause, FieldProblem):
+    if isinstance(cause, FieldError):
         path += cause.path
     message, hint = _describe(error, cause, path)
     return Problem("schema", message, path, hint, origin.locate(path))
@@ -96,14 +98,13 @@ def _describe(error: Any, cause: object, path: Path) -> tuple[str, str | None]:
         return f"{error['msg']}, found {error['input']!r}", None
     if kind in {"string_type", "int_type", "float_type", "bool_type", "dict_type", "list_type"}:
         found = type(error["input"]).__name__ if error["input"] is not None else "null"
-        hint = "quote the value to make it a string" if kind == "string_type" else None
+        quotable = kind == "string_type" and isinstance(error["input"], int | float | bool)
+        hint = "quote the value to make it a string" if quotable else None
         return f"{error['msg']}, found {found} {error['input']!r}"[:300], hint
     return error["msg"], None
 
 
 def _known_fields(path: Path) -> list[str]:
-    from engine.dsl import models
-
     parent = path[:-1]
     if not parent:
         return _aliases(models.Workflow)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from jsonschema import Draft202012Validator, SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,10 +32,11 @@ TASK_KINDS = ("prompt", "call", "workflow", "plan")
 
 # Names that a template would see as something else: Jinja keywords and globals,
 # and the names the engine binds itself.
-RESERVED_NAMES = frozenset(
-    "and or not in is if else elif true false none True False None loop item self "
-    "super caller varargs kwargs range dict lipsum cycler joiner namespace".split()
-)
+RESERVED_NAMES = frozenset({
+    "and", "or", "not", "in", "is", "if", "else", "elif", "true", "false", "none", "True", "False",
+    "None", "loop", "item", "self", "super", "caller", "varargs", "kwargs", "range", "dict", "lipsum",
+    "cycler", "joiner", "namespace",
+})
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 ModelAlias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$", max_length=128)]
@@ -44,7 +46,7 @@ FunctionName = Annotated[
 JsonSchema = dict[str, Any]
 
 
-class FieldProblem(ValueError):
+class FieldError(ValueError):
     """Raised by validators to point at a field below the validated object."""
 
     def __init__(self, path: tuple[str | int, ...], message: str) -> None:
@@ -173,9 +175,9 @@ class Task(Policies):
         for name, kinds in KIND_FIELDS.items():
             if name in self.model_fields_set and kind not in kinds:
                 key = name.rstrip("_")
-                raise FieldProblem((key,), f"`{key}` does not apply to a `{kind}` task")
+                raise FieldError((key,), f"`{key}` does not apply to a `{kind}` task")
         if (self.as_ is not None or self.max_concurrency is not None) and self.for_each is None:
-            raise FieldProblem(("as" if self.as_ else "max_concurrency",), "needs `for_each`")
+            raise FieldError(("as" if self.as_ else "max_concurrency",), "needs `for_each`")
         return self
 
 
@@ -267,21 +269,17 @@ class Workflow(StrictModel):
 
 
 def _check_json_schema(schema: JsonSchema, path: tuple[str | int, ...]) -> None:
-    from jsonschema import Draft202012Validator, SchemaError
-
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = tuple(exc.path)
-        raise FieldProblem(path + where, f"not a valid JSON Schema: {exc.message}") from None
+        raise FieldError(path + where, f"not a valid JSON Schema: {exc.message}") from None
 
 
 def _check_instance(value: Any, schema: JsonSchema, path: tuple[str | int, ...]) -> None:
-    from jsonschema import Draft202012Validator
-
     error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
     if error is not None:
-        raise FieldProblem(path, f"the default does not match the input's schema: {error.message}")
+        raise FieldError(path, f"the default does not match the input's schema: {error.message}")
 
 
 Stage.model_rebuild()

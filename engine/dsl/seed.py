@@ -60,25 +60,23 @@ def _convert_stage(stage: Any, index: int, declared: set[str], origins: dict[Pat
     for position, task in enumerate(stage["tasks"]):
         new, old = ("stages", index, "tasks", position), ("workflow", index, "tasks", position)
         origins[new] = old
-        tasks.append(_convert_task(task, f"stage{index + 1}_task{position + 1}", declared, new, old, origins))
+        origins[(*new, "id")] = (*old, "output_variable")
+        tasks.append(_convert_task(task, f"stage{index + 1}_task{position + 1}", declared))
+        for key in (task.get("config") or {}) if isinstance(task, dict) else ():
+            origins[(*new, key)] = (*old, "config", key)
     return {**stage, "tasks": tasks}
 
 
-def _convert_task(
-    task: Any, fallback_id: str, declared: set[str], new: Path, old: Path, origins: dict[Path, Path]
-) -> Any:
+def _convert_task(task: Any, fallback_id: str, declared: set[str]) -> Any:
     if not isinstance(task, dict):
         return task
     result = {key: value for key, value in task.items() if key not in {"output_variable", "config"}}
     result["id"] = task.get("output_variable", fallback_id)
-    origins[(*new, "id")] = (*old, "output_variable")
     if isinstance(result.get("prompt"), str):
         result["prompt"] = placeholders_to_jinja(result["prompt"], declared)
     config = task.get("config") or {}
     if isinstance(config, dict):
-        for key, value in config.items():
-            result[key] = value
-            origins[(*new, key)] = (*old, "config", key)
+        result.update(config)
     return result
 
 

@@ -44,7 +44,7 @@ class RenderLimits:
 
 
 class _Budget:
-    __slots__ = ("limits", "iterations", "deadline")
+    __slots__ = ("deadline", "iterations", "limits")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
@@ -103,11 +103,11 @@ def _check_brace_format(text: str) -> None:
 
 def _estimate_product(left: Any, right: Any) -> None:
     for sequence, count in ((left, right), (right, left)):
-        if isinstance(sequence, str | list | tuple) and isinstance(count, int):
-            if len(sequence) * max(count, 0) > _limits().max_value_chars:
-                raise TemplateLimitError(
-                    f"repeating a value {count} times exceeds the limit of {_limits().max_value_chars}"
-                )
+        sized = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+        if sized and len(sequence) * max(count, 0) > _limits().max_value_chars:
+            raise TemplateLimitError(
+                f"repeating a value {count} times exceeds the limit of {_limits().max_value_chars}"
+            )
 
 
 def _bounded_iter(iterable: Iterable[Any]) -> Iterator[Any]:

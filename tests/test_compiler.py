@@ -198,9 +198,10 @@ def test_unknown_models_addons_templates_functions() -> None:
                          {"id": "b", "call": "tools.fetc"}, {"id": "c", "workflow": "research_reprt"},
                          {"id": "d", "workflow": "missing/flow.yaml"}))
     problems = codes(wf)
-    assert problems == [("unknown-model", "stages.0.tasks.0.model.1"), ("unknown-addon", "stages.0.tasks.0.addons.0"),
-                        ("unknown-function", "stages.0.tasks.1.call"), ("unknown-template", "stages.0.tasks.2.workflow"),
-                        ("unknown-workflow-file", "stages.0.tasks.3.workflow")]
+    assert problems == [
+        ("unknown-model", "stages.0.tasks.0.model.1"), ("unknown-addon", "stages.0.tasks.0.addons.0"),
+        ("unknown-function", "stages.0.tasks.1.call"), ("unknown-template", "stages.0.tasks.2.workflow"),
+        ("unknown-workflow-file", "stages.0.tasks.3.workflow")]
 
 
 def test_a_prompt_task_needs_a_model() -> None:

@@ -1,0 +1,75 @@
+"""Docs that are executed: the README's Python and commands, every example and template."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from engine import Catalog, compile_workflow, load_workflow, to_dot, to_mermaid
+from engine.cli import main
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+WORKFLOWS = sorted([*ROOT.glob("examples/*"), *ROOT.glob("templates/*")])
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_python_runs_and_prints_what_it_says(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    (code,) = blocks("python")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(code, "README.md", "exec"), {})
+    expected = [line.split("# ", 1)[1].strip() for line in code.splitlines() if line.startswith("print(")]
+    assert output.getvalue().splitlines() == expected
+
+
+def test_readme_first_command_validates_and_graphs(monkeypatch, capsys) -> None:
+    monkeypatch.chdir(ROOT)
+    first = blocks("sh")[0]
+    steps = [shlex.split(step) for step in first.strip().split(" && ")]
+    orchestrion = [step[1:] for step in steps if step[0].endswith("orchestrion")]
+    assert [step[0] for step in orchestrion] == ["validate", "graph"]
+    for arguments in orchestrion:
+        expanded = [str(path) for arg in arguments for path in (sorted(Path().glob(arg)) if "*" in arg else [arg])]
+        assert main(expanded) == 0
+    assert "flowchart TD" in capsys.readouterr().out
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    second = blocks("sh")[1].strip()
+    assert second in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_workflow_block_validates(tmp_path) -> None:
+    (yaml_block,) = [block for block in blocks("yaml") if "dsl: orchestrion/v1" in block]
+    path = tmp_path / "readme.yaml"
+    path.write_text(yaml_block)
+    plan = compile_workflow(load_workflow(path), Catalog.default())
+    assert sorted(plan.nodes["summary"].depends_on) == ["companies", "research"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_example_and_template_compiles_and_graphs(path: Path) -> None:
+    plan = compile_workflow(load_workflow(path), Catalog.default())
+    assert plan.nodes and plan.critical_path
+    assert to_mermaid(plan).count("-->") == len(plan.edges)
+    assert to_dot(plan).count("->") == len(plan.edges)
+
+
+def test_examples_run_from_any_directory(tmp_path) -> None:
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["validate", *(str(path) for path in WORKFLOWS)]) == 0
+    finally:
+        os.chdir(old)

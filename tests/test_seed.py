@@ -30,7 +30,7 @@ def test_the_issue_example_loads_validates_and_graphs() -> None:
 
 
 def test_the_shipped_example_file_is_the_issue_example() -> None:
-    assert json.loads(ROOT / "examples" / "seed_article.json".read_text()) == json.loads(SEED)
+    assert json.loads((ROOT / "examples" / "seed_article.json").read_text()) == json.loads(SEED)
 
 
 @pytest.mark.parametrize("text", [

@@ -2,8 +2,9 @@
 
 ruamel.yaml (YAML 1.2) is used rather than PyYAML because it rejects duplicate
 keys and keeps the line and column of every key and item; YAML 1.2 also keeps
-``no`` a string. JSON is YAML 1.2, so one parser serves both; ``json`` is only a
-fallback for the rare JSON that YAML refuses (tabs as indentation).
+``no`` a string. JSON is YAML 1.2, but ruamel's pure-Python parser is about 500x slower
+than ``json``: JSON documents are read with ``json`` (duplicate keys still
+refused) and ruamel locates positions only when an error needs one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -28,10 +30,26 @@ MAX_NODES = 200_000  # after alias expansion: stops "billion laughs" documents
 
 @dataclass(frozen=True)
 class SourceMap:
-    """Positions (1-based line, column) of the values of a parsed document."""
+    """Positions (1-based line, column) of the values of a parsed document.
+
+    For JSON, read with the fast ``json`` module, positions are computed from
+    ``text`` only when a problem needs one: valid files never pay for them.
+    """
 
     name: str
-    positions: Mapping[Path, tuple[int, int]] = field(default_factory=dict)
+    known: Mapping[Path, tuple[int, int]] | None = None
+    text: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def positions(self) -> Mapping[Path, tuple[int, int]]:
+        if self.known is not None:
+            return self.known
+        if self.text is None:
+            return {}
+        try:
+            return _parse_yaml(self.text, self.name).source.positions
+        except WorkflowError:
+            return {}
 
     def locate(self, path: Path) -> Location:
         """The position of ``path``, or of its nearest ancestor that has one."""
@@ -69,13 +87,21 @@ def parse_document(text: str, name: str = "<string>") -> ParsedDocument:
     """Parse ``text`` (YAML or JSON); raise WorkflowError naming line and column."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
         raise _error(name, "too-large", f"document is larger than {MAX_DOCUMENT_BYTES} bytes")
+    if text.lstrip().startswith("{"):
+        try:
+            return _parse_json(text, name)
+        except WorkflowError:
+            if name.endswith(".json"):
+                raise
+    return _parse_yaml(text, name)
+
+
+def _parse_yaml(text: str, name: str) -> ParsedDocument:
     try:
         raw = YAML(typ="rt", pure=True).load(text)
     except DuplicateKeyError as exc:
         raise _yaml_error(name, exc, "duplicate-key", "remove or rename one of the two keys") from None
     except YAMLError as exc:
-        if text.lstrip().startswith(("{", "[")):
-            return _parse_json(text, name)
         raise _yaml_error(name, exc, "syntax", "fix the YAML syntax at that position") from None
     positions: dict[Path, tuple[int, int]] = {}
     data = _to_plain(raw, (), positions, [0], name)
@@ -145,7 +171,7 @@ def _parse_json(text: str, name: str) -> ParsedDocument:
         raise WorkflowError([problem]) from None
     if not isinstance(data, dict):
         raise _error(name, "not-a-mapping", "the document must be a JSON object")
-    return ParsedDocument(data, SourceMap(name))
+    return ParsedDocument(data, SourceMap(name, text=text))
 
 
 def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowError:

@@ -8,6 +8,7 @@ references; ``summary.text`` and ``summary['text']`` are a reference to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -42,8 +43,29 @@ def expression_references(source: str) -> frozenset[Reference]:
     return _references("expression", source)
 
 
+# A template whose only Jinja is ``{{ name }}`` or ``{{ name.attr }}`` is read
+# without Jinja's parser (0.3 ms a template, most of the compile time).
+_SIMPLE_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\}\}")
+_NOT_NAMES = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if",
+                        "else"})
+
+
+def _simple_references(source: str) -> frozenset[Reference] | None:
+    """The references of a template made of plain placeholders, else None."""
+    found = []
+    for match in _SIMPLE_PLACEHOLDER.finditer(source):
+        if match.group(1) in _NOT_NAMES:
+            return None
+        found.append(Reference(match.group(1), tuple(match.group(2).split(".")[1:])))
+    rest = _SIMPLE_PLACEHOLDER.sub("", source)
+    return None if "{" in rest or "}" in rest else frozenset(found)
+
+
 @lru_cache(maxsize=8192)
 def _references(kind: str, source: str) -> frozenset[Reference]:
+    simple = _simple_references(source) if kind == "template" else None
+    if simple is not None:
+        return simple
     try:
         tree = _parse_template(source) if kind == "template" else _parse_expression(source)
     except TemplateSyntaxError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator, SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -269,6 +268,8 @@ class Workflow(StrictModel):
 
 
 def _check_json_schema(schema: JsonSchema, path: tuple[str | int, ...]) -> None:
+    from jsonschema import Draft202012Validator, SchemaError  # 85 ms: only when a schema is given
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -277,6 +278,8 @@ def _check_json_schema(schema: JsonSchema, path: tuple[str | int, ...]) -> None:
 
 
 def _check_instance(value: Any, schema: JsonSchema, path: tuple[str | int, ...]) -> None:
+    from jsonschema import Draft202012Validator
+
     error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
     if error is not None:
         raise FieldError(path, f"the default does not match the input's schema: {error.message}")

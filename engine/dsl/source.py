@@ -15,14 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path as FilePath
-from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import Location, Path, Problem, WorkflowError
+
+if TYPE_CHECKING:
+    from ruamel.yaml.error import YAMLError
 
 MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
 MAX_NODES = 200_000  # after alias expansion: stops "billion laughs" documents
@@ -97,48 +95,58 @@ def parse_document(text: str, name: str = "<string>") -> ParsedDocument:
 
 
 def _parse_yaml(text: str, name: str) -> ParsedDocument:
+    from ruamel.yaml import YAML  # imported on first use: it is the slowest import of the loader
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
+
     try:
         raw = YAML(typ="rt", pure=True).load(text)
     except DuplicateKeyError as exc:
         raise _yaml_error(name, exc, "duplicate-key", "remove or rename one of the two keys") from None
     except YAMLError as exc:
         raise _yaml_error(name, exc, "syntax", "fix the YAML syntax at that position") from None
-    positions: dict[Path, tuple[int, int]] = {}
-    data = _to_plain(raw, (), positions, [0], name)
+    plainer = _Plainer(name)
+    data = plainer.convert(raw, ())
     if not isinstance(data, dict):
         found = "an empty document" if data is None else f"a {type(data).__name__}"
         raise _error(name, "not-a-mapping", f"the document must be a mapping, found {found}",
                      hint="start the file with `dsl: orchestrion/v1`")
-    return ParsedDocument(data, SourceMap(name, positions))
+    return ParsedDocument(data, SourceMap(name, plainer.positions))
 
 
-def _to_plain(
-    node: Any, path: Path, positions: dict[Path, tuple[int, int]], count: list[int], name: str
-) -> Any:
-    count[0] += 1
-    if count[0] > MAX_NODES:
-        raise _error(name, "too-large", f"document expands to more than {MAX_NODES} values",
-                     hint="YAML aliases that repeat large blocks multiply the document's size")
-    if isinstance(node, CommentedMap):
-        result: dict[str, Any] = {}
-        for key, value in node.items():
-            child = (*path, str(key))
-            line, col = node.lc.key(key) if _is_collection(value) else node.lc.value(key)
-            positions[child] = (line + 1, col + 1)
-            result[str(key)] = _to_plain(value, child, positions, count, name)
-        return result
-    if isinstance(node, CommentedSeq):
-        items = []
-        for index, value in enumerate(node):
-            line, col = node.lc.item(index)
-            positions[(*path, index)] = (line + 1, col + 1)
-            items.append(_to_plain(value, (*path, index), positions, count, name))
-        return items
-    return _scalar(node)
+class _Plainer:
+    """Turns ruamel's round-trip nodes into plain data, recording positions."""
 
+    def __init__(self, name: str) -> None:
+        from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-def _is_collection(value: Any) -> bool:
-    return isinstance(value, CommentedMap | CommentedSeq)
+        self.mapping, self.sequence = CommentedMap, CommentedSeq
+        self.name = name
+        self.positions: dict[Path, tuple[int, int]] = {}
+        self.count = 0
+
+    def convert(self, node: Any, path: Path) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _error(self.name, "too-large", f"document expands to more than {MAX_NODES} values",
+                         hint="YAML aliases that repeat large blocks multiply the document's size")
+        if isinstance(node, self.mapping):
+            result: dict[str, Any] = {}
+            for key, value in node.items():
+                child = (*path, str(key))
+                is_collection = isinstance(value, self.mapping | self.sequence)
+                line, col = node.lc.key(key) if is_collection else node.lc.value(key)
+                self.positions[child] = (line + 1, col + 1)
+                result[str(key)] = self.convert(value, child)
+            return result
+        if isinstance(node, self.sequence):
+            items = []
+            for index, value in enumerate(node):
+                line, col = node.lc.item(index)
+                self.positions[(*path, index)] = (line + 1, col + 1)
+                items.append(self.convert(value, (*path, index)))
+            return items
+        return _scalar(node)
 
 
 def _scalar(node: Any) -> Any:
@@ -175,6 +183,8 @@ def _parse_json(text: str, name: str) -> ParsedDocument:
 
 
 def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowError:
+    from ruamel.yaml.error import MarkedYAMLError
+
     location = Location(name)
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, MarkedYAMLError):

@@ -65,7 +65,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
-        text = f"{where}{format_path(self.path)}: {self.message}"
+        path = f"{format_path(self.path)}: " if self.path else ""
+        text = f"{where}{path}{self.message}"
         return f"{text}\n    hint: {self.hint}" if self.hint else text
 
 

@@ -50,7 +50,7 @@ def _task_kinds(task: dict[str, Any]) -> None:
     task["anyOf"] = [{"required": [kind]} for kind in TASK_KINDS]
     rules = []
     for kind in TASK_KINDS:
-        foreign = [other for other in TASK_KINDS if other != kind]
+        foreign: list[str] = [other for other in TASK_KINDS if other != kind]
         foreign += [field.rstrip("_") for field, kinds in KIND_FIELDS.items() if kind not in kinds]
         rules.append({
             "if": {"required": [kind]},

@@ -65,7 +65,7 @@ def test_strict_types_reject_numeric_strings_and_suggest_quoting() -> None:
 
 def test_duplicate_keys_are_errors_with_position() -> None:
     found = problems(MINIMAL.replace('        prompt: "Hello"', '        prompt: "Hello"\n        prompt: "Again"'))
-    assert found[0].startswith('flow.yaml:9:9: <document>: found duplicate key "prompt"')
+    assert found[0].startswith('flow.yaml:9:9: found duplicate key "prompt"')
 
 
 def test_duplicate_keys_in_json_are_errors() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path as FilePath
 
 from engine.catalog import Catalog
 from engine.compiler.sites import Site
-from engine.dsl.models import Workflow
+from engine.dsl.models import Policies, Workflow
 from engine.errors import Path, Problem
 
 
@@ -33,7 +33,7 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
     problems = _check_models(task.model, (*path, "model"), catalog)
     for index, name in enumerate(task.addons or ()):
         problems += _check_name("addon", name, (*path, "addons", index), catalog.addons)
-    if task.kind in ("prompt", "plan") and not _has_model(task, workflow):
+    if task.kind == "prompt" and not _has_model(task, workflow.defaults):
         problems.append(Problem("no-model", f"task {task.id!r} has no model", (*path, "model"),
                                 "set `model:` on the task or under `defaults:`"))
     if task.call is not None:
@@ -46,11 +46,9 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
     return problems
 
 
-def _has_model(task: object, workflow: Workflow) -> bool:
-    for level in (task, workflow.defaults):
-        if "model" in level.model_fields_set:  # type: ignore[attr-defined]
-            return bool(level.model)  # type: ignore[attr-defined]
-    return False
+def _has_model(task: Policies, defaults: Policies) -> bool:
+    level = next((level for level in (task, defaults) if "model" in level.model_fields_set), None)
+    return level is not None and bool(level.model)
 
 
 def _check_models(model: str | list[str] | None, path: Path, catalog: Catalog) -> list[Problem]:

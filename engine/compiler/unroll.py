@@ -72,8 +72,8 @@ class _Builder:
         depends: set[NodeId] = {n for binding in bindings.values() for n in binding.nodes}
         depends |= self._predecessors(site, round_)
         depends |= self._after(site)
-        return Node(node_id(site.task.id, round_), site.task.id, site.task.kind, site.path,  # type: ignore[arg-type]
-                    site.stage, round_, frozenset(depends), bindings, site.task, self.policies[site.order])
+        return Node(node_id(site.task.id, round_), site.task.id, site.task.kind, site.path, site.stage, round_,
+                    frozenset(depends), bindings, site.task, self.policies[site.order])
 
     def _predecessors(self, site: Site, round_: int | None) -> set[NodeId]:
         group = site.group

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from engine.dsl.source import Origin
 
 DSL_VERSION = "orchestrion/v1"
-TASK_KINDS = ("prompt", "call", "workflow", "plan")
+TaskKind = Literal["prompt", "call", "workflow", "plan"]
+TASK_KINDS: tuple[TaskKind, ...] = ("prompt", "call", "workflow", "plan")
 
 # Names that a template would see as something else: Jinja keywords and globals,
 # and the names the engine binds itself.
@@ -161,7 +162,7 @@ class Task(Policies):
     )
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> TaskKind:
         return next(kind for kind in TASK_KINDS if getattr(self, kind) is not None)
 
     @model_validator(mode="after")
@@ -261,6 +262,8 @@ class Workflow(StrictModel):
     @classmethod
     def _valid_inputs(cls, inputs: dict[str, JsonSchema]) -> dict[str, JsonSchema]:
         for name, schema in inputs.items():
+            if name in RESERVED_NAMES:
+                raise FieldError((name,), f"{name!r} is a reserved name; choose another input name")
             _check_json_schema(schema, (name,))
             if "default" in schema:
                 _check_instance(schema["default"], schema, (name, "default"))

@@ -247,3 +247,30 @@ def test_plan_is_frozen() -> None:
         plan.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         plan.nodes["b"] = plan.nodes["a"]  # type: ignore[index]
+
+
+def test_sub_workflow_inputs_are_checked(write) -> None:
+    child = write("dsl: orchestrion/v1\nname: child\ninputs:\n  topic: {type: string}\n  tone: {type: string, "
+                  "default: calm}\nstages:\n  - type: inline\n    tasks:\n      - {id: a, model: fast_ai, "
+                  "prompt: '{{ topic }} {{ tone }}'}\n", "child.yaml")
+    parent = write("dsl: orchestrion/v1\nname: parent\nstages:\n  - type: linear\n    tasks:\n"
+                   "      - {id: ok, workflow: child.yaml, with: {topic: x}}\n"
+                   "      - {id: typo, workflow: child.yaml, with: {topik: x}}\n"
+                   "      - {id: template, workflow: research_report, with: {topic: x, audience: y}}\n",
+                   "parent.yaml")
+    assert child.parent == parent.parent
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(load_workflow(parent), Catalog.default())
+    found = {(p.code, p.path[3], p.path[-1]): p for p in caught.value.problems}
+    assert set(found) == {("unknown-input", 1, "topik"), ("missing-input", 1, "with")}
+    assert found["unknown-input", 1, "topik"].hint == "did you mean 'topic'?"
+
+
+def test_an_invalid_sub_workflow_is_reported(write) -> None:
+    write("dsl: orchestrion/v1\nname: broken\n", "broken.yaml")
+    parent = write("dsl: orchestrion/v1\nname: p\nstages:\n  - type: linear\n    tasks:\n"
+                   "      - {id: sub, workflow: broken.yaml}\n", "parent.yaml")
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(load_workflow(parent), CATALOG)
+    (problem,) = caught.value.problems
+    assert problem.code == "invalid-workflow" and "orchestrion validate" in (problem.hint or "")

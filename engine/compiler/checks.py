@@ -9,8 +9,9 @@ from pathlib import Path as FilePath
 
 from engine.catalog import Catalog
 from engine.compiler.sites import Site
-from engine.dsl.models import Policies, Workflow
-from engine.errors import Path, Problem
+from engine.dsl.loader import load_workflow
+from engine.dsl.models import Policies, Task, Workflow
+from engine.errors import Path, Problem, WorkflowError
 
 
 def check_catalog(workflow: Workflow, sites: Iterable[Site], catalog: Catalog) -> list[Problem]:
@@ -39,10 +40,38 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
     if task.call is not None:
         problems += _check_name("function", task.call, (*path, "call"), catalog.functions,
                                 "register it with the engine (Engine(functions=...))")
-    if task.workflow is not None and not _is_path(task.workflow):
-        problems += _check_name("template", task.workflow, (*path, "workflow"), catalog.templates)
-    elif task.workflow is not None:
-        problems += _check_workflow_file(task.workflow, (*path, "workflow"), workflow)
+    if task.workflow is not None:
+        problems += _check_sub_workflow(task, path, workflow, catalog)
+    return problems
+
+
+def _check_sub_workflow(task: Task, path: Path, workflow: Workflow, catalog: Catalog) -> list[Problem]:
+    """The workflow exists, loads, and `with:` gives exactly the inputs it declares."""
+    reference = str(task.workflow)
+    if _is_path(reference):
+        origin = workflow.origin
+        base = origin.file.parent if origin is not None and origin.file is not None else FilePath.cwd()
+        file = base / reference
+        if not file.is_file():
+            return [Problem("unknown-workflow-file", f"no workflow file at {reference!r} (relative to {base})",
+                            (*path, "workflow"))]
+    elif reference not in catalog.templates:
+        return _check_name("template", reference, (*path, "workflow"), catalog.templates)
+    else:
+        file = catalog.templates[reference]
+    try:
+        inputs = load_workflow(file).inputs
+    except WorkflowError as exc:
+        return [Problem("invalid-workflow", f"the workflow {reference!r} has {len(exc.problems)} problem(s)",
+                        (*path, "workflow"), f"run `orchestrion validate {file}`")]
+    given = task.with_ or {}
+    problems = [Problem("unknown-input", f"the workflow {reference!r} has no input {key!r}", (*path, "with", key),
+                        _did_you_mean(key, inputs) or f"its inputs: {', '.join(inputs) or 'none'}")
+                for key in given if key not in inputs]
+    missing = [name for name, schema in inputs.items() if "default" not in schema and name not in given]
+    if missing:
+        problems.append(Problem("missing-input", f"the workflow {reference!r} needs the input(s) {', '.join(missing)}",
+                                (*path, "with"), "give them under `with:`"))
     return problems
 
 
@@ -65,8 +94,7 @@ def _check_name(kind: str, name: str, path: Path, known: Iterable[str], fix: str
     known = sorted(known)
     if name in known:
         return []
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else fix
+    hint = _did_you_mean(name, known) or fix
     if hint is None:
         hint = f"known {kind}s: {', '.join(known[:12])}{'...' if len(known) > 12 else ''}" if known else None
     return [Problem(f"unknown-{kind}", f"unknown {kind} {name!r}", path, hint)]
@@ -76,9 +104,6 @@ def _is_path(reference: str) -> bool:
     return "/" in reference or reference.endswith((".yaml", ".yml", ".json"))
 
 
-def _check_workflow_file(reference: str, path: Path, workflow: Workflow) -> list[Problem]:
-    origin = workflow.origin
-    base = origin.file.parent if origin is not None and origin.file is not None else FilePath.cwd()
-    if (base / reference).is_file():
-        return []
-    return [Problem("unknown-workflow-file", f"no workflow file at {reference!r} (relative to {base})", path)]
+def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else None

@@ -7,6 +7,8 @@ jsonschema would otherwise disagree with pydantic or give vague errors:
 - a stage item is a nested stage if it has ``type``, else a task
   (``if``/``then``/``else`` instead of ``oneOf``, for exact error paths);
 - a task has exactly one kind key, and no field foreign to its kind;
+- an input's ``default`` must match the input's schema: only the models check
+  this (a JSON Schema cannot refer to a sibling value as a schema);
 - names of inputs and outputs must be identifiers (``propertyNames``);
 - ``"default": null`` is dropped: absent means "inherit", null means "off".
 """
@@ -47,15 +49,14 @@ def _stage_items(stage: dict[str, Any]) -> None:
 
 
 def _task_kinds(task: dict[str, Any]) -> None:
-    task["anyOf"] = [{"required": [kind]} for kind in TASK_KINDS]
+    # A kind key set to null does not give the task its kind (as in the model).
+    given = {kind: {"required": [kind], "properties": {kind: {"type": "string"}}} for kind in TASK_KINDS}
+    task["anyOf"] = list(given.values())
     rules = []
     for kind in TASK_KINDS:
-        foreign: list[str] = [other for other in TASK_KINDS if other != kind]
-        foreign += [field.rstrip("_") for field, kinds in KIND_FIELDS.items() if kind not in kinds]
-        rules.append({
-            "if": {"required": [kind]},
-            "then": {"properties": dict.fromkeys(sorted(foreign), False)},
-        })
+        foreign: dict[str, Any] = {other: {"type": "null"} for other in TASK_KINDS if other != kind}
+        foreign |= {field.rstrip("_"): False for field, kinds in KIND_FIELDS.items() if kind not in kinds}
+        rules.append({"if": given[kind], "then": {"properties": dict(sorted(foreign.items()))}})
     rules.append({
         "if": {"anyOf": [{"required": ["as"]}, {"required": ["max_concurrency"]}]},
         "then": {"required": ["for_each"]},

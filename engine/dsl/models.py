@@ -43,6 +43,7 @@ ModelAlias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_
 FunctionName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*([.:][A-Za-z_][A-Za-z0-9_]*)*$")
 ]
+ModelChain = Annotated[list[ModelAlias], Field(min_length=1, json_schema_extra={"uniqueItems": True})]
 JsonSchema = dict[str, Any]
 
 
@@ -93,7 +94,7 @@ class OutputSpec(StrictModel):
 class Policies(StrictModel):
     """Settings a task inherits from `defaults`; `null` switches one off."""
 
-    model: ModelAlias | list[ModelAlias] | None = Field(
+    model: ModelAlias | ModelChain | None = Field(
         None, description="Model alias, or a list of aliases tried in order as a fallback chain."
     )
     system: str | None = Field(None, description="System prompt (a Jinja template).")
@@ -112,11 +113,8 @@ class Policies(StrictModel):
     @field_validator("model")
     @classmethod
     def _chain_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("a fallback chain needs at least one model")
-            if len(set(value)) != len(value):
-                raise ValueError("a model appears twice in the fallback chain")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("a model appears twice in the fallback chain")
         return value
 
 
@@ -176,8 +174,9 @@ class Task(Policies):
             if name in self.model_fields_set and kind not in kinds:
                 key = name.rstrip("_")
                 raise FieldError((key,), f"`{key}` does not apply to a `{kind}` task")
-        if (self.as_ is not None or self.max_concurrency is not None) and self.for_each is None:
-            raise FieldError(("as" if self.as_ else "max_concurrency",), "needs `for_each`")
+        for name in ("as_", "max_concurrency"):
+            if name in self.model_fields_set and self.for_each is None:
+                raise FieldError((name.rstrip("_"),), "needs `for_each`")
         return self
 
 

@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, nodes
+from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -231,7 +231,7 @@ class TemplateRenderer:
         compiled = self._compiled("expression", expression)
         token = _budget.set(_Budget(self.limits))
         try:
-            return compiled(**variables)
+            return _defined(compiled(**variables))
         except TemplateError:
             raise
         except Exception as exc:
@@ -256,6 +256,20 @@ class TemplateRenderer:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return compiled
+
+
+def _defined(value: Any) -> Any:
+    """Raise, rather than return, an undefined value (a missing name, or one the sandbox refused)."""
+    if isinstance(value, Undefined):
+        str(value)  # StrictUndefined raises the recorded error: UndefinedError or SecurityError
+        raise UndefinedError("undefined value")
+    if isinstance(value, list | tuple):
+        for item in value:
+            _defined(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _defined(item)
+    return value
 
 
 def _template_error(exc: Exception) -> TemplateError:

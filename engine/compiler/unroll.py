@@ -8,8 +8,9 @@ stage, and (``schedule: staged`` only) every node of the previous stage.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 
 from engine.compiler.plan import Binding, Node, NodeId, NodePolicies, OutputSpec
 from engine.compiler.scope import Bindings, Scopes
@@ -104,7 +105,7 @@ class _Builder:
                 found |= {node_id(name, round_) for round_ in self.rounds[name]}
         return found
 
-    def bind(self, bindings: Bindings, group: RepeatGroup | None, round_: int | None) -> dict[str, Binding]:
+    def bind(self, bindings: Bindings, group: RepeatGroup | None, round_: int | None) -> Mapping[str, Binding]:
         resolved: dict[str, Binding] = {}
         for name, source in bindings.items():
             if source.kind == "input":
@@ -116,7 +117,7 @@ class _Builder:
                 resolved[name] = Binding("none") if round_ == 1 else Binding("task", (node_id(name, round_ - 1),))
             else:
                 resolved[name] = Binding("task", self._producers(name, group, round_))
-        return resolved
+        return MappingProxyType(resolved)
 
     def _producers(self, name: str, group: RepeatGroup | None, round_: int | None) -> tuple[NodeId, ...]:
         producer = self.sites.by_id[name]

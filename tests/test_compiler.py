@@ -274,3 +274,19 @@ def test_an_invalid_sub_workflow_is_reported(write) -> None:
         compile_workflow(load_workflow(parent), CATALOG)
     (problem,) = caught.value.problems
     assert problem.code == "invalid-workflow" and "orchestrion validate" in (problem.hint or "")
+
+
+def test_repeated_stages_with_the_same_name_stay_apart() -> None:
+    loop = {"max_rounds": 2, "until": "a == 1"}
+    plan = compile_workflow(workflow(inline(task("a"), repeat=loop, name="polish"),
+                                     inline(task("b"), repeat={**loop, "until": "b == 1"}, name="polish")), CATALOG)
+    until_nodes = [node for node in plan.nodes.values() if node.kind == "until"]
+    assert [(node.id, node.condition) for node in until_nodes] == [
+        ("until:polish@1", "a == 1"), ("until:stages[1]@1", "b == 1")]
+
+
+def test_item_is_bound_in_with_arguments_of_any_name() -> None:
+    wf = workflow(inline(task("q"), {"id": "each", "call": "tools.fetch", "for_each": "q",
+                                     "with": {"when": "{{ item }}"}}))
+    plan = compile_workflow(wf, CATALOG)
+    assert plan.nodes["each"].bindings["item"].kind == "loop"

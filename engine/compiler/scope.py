@@ -84,7 +84,8 @@ class _Resolver:
         for path, source, kind in task_sources(site):
             names = self._names(path, source, kind)
             for name in names:
-                if site.task.for_each is not None and name == item_name and path[-1] not in ("for_each", "when"):
+                per_item = path[len(site.path)] not in ("for_each", "when")  # those run once, before the fan-out
+                if site.task.for_each is not None and name == item_name and per_item:
                     bindings[name] = NameSource("item")
                     continue
                 found = self._resolve(name, site, path)

@@ -65,6 +65,7 @@ class _Walker:
         self.groups: list[RepeatGroup] = []
         self.problems: list[Problem] = []
         self.first_seen: dict[str, Path] = {}
+        self.labels: set[str] = set()  # of repeated stages: they name the `until` nodes
         self.stage = 0
 
     def walk_stage(
@@ -78,8 +79,9 @@ class _Walker:
                     "nested-repeat", f"a repeated stage is already inside the repeated stage at {group.label}",
                     (*path, "repeat"), "move the inner `repeat` out, or merge the two loops"))
             else:
-                group = RepeatGroup(stage.name or _label(path), path, stage.repeat.max_rounds,
-                                    stage.repeat.until, visible)
+                label = stage.name if stage.name and stage.name not in self.labels else _label(path)
+                self.labels.add(label)
+                group = RepeatGroup(label, path, stage.repeat.max_rounds, stage.repeat.until, visible)
                 self.groups.append(group)
         items = [(item, (*path, "tasks", index)) for index, item in enumerate(stage.tasks)]
         if stage.type == "inline":

@@ -30,7 +30,7 @@ def until_id(group: RepeatGroup, round_: int) -> NodeId:
 def build_nodes(
     workflow: Workflow, sites: Sites, scopes: Scopes, policies: dict[int, NodePolicies]
 ) -> tuple[list[Node], dict[str, OutputSpec], list[Problem]]:
-    builder = _Builder(workflow, sites, scopes, policies)
+    builder = _Builder(sites, scopes, policies)
     nodes = builder.task_nodes() + builder.until_nodes()
     if workflow.schedule == "staged":
         nodes = _with_stage_barriers(nodes)
@@ -40,7 +40,7 @@ def build_nodes(
 
 
 class _Builder:
-    def __init__(self, workflow: Workflow, sites: Sites, scopes: Scopes, policies: dict[int, NodePolicies]):
+    def __init__(self, sites: Sites, scopes: Scopes, policies: dict[int, NodePolicies]) -> None:
         self.sites = sites
         self.scopes = scopes
         self.policies = policies

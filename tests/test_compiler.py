@@ -289,4 +289,4 @@ def test_item_is_bound_in_with_arguments_of_any_name() -> None:
     wf = workflow(inline(task("q"), {"id": "each", "call": "tools.fetch", "for_each": "q",
                                      "with": {"when": "{{ item }}"}}))
     plan = compile_workflow(wf, CATALOG)
-    assert plan.nodes["each"].bindings["item"].kind == "loop"
+    assert plan.nodes["each"].bindings["item"].kind == "item"

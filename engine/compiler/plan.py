@@ -12,7 +12,7 @@ from engine.errors import Path
 
 NodeId = NewType("NodeId", str)
 NodeKind = Literal["prompt", "call", "workflow", "plan", "until"]
-BindingKind = Literal["input", "task", "loop", "none"]
+BindingKind = Literal["input", "task", "loop", "item", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +48,8 @@ class Binding:
 
     ``task``: the output of the last of ``nodes`` that ran (several nodes when
     the name is produced by a repeated stage); ``input``: the run's input;
-    ``loop``: the loop variables (``loop.round``); ``none``: null (a previous
-    round's output, read in round 1).
+    ``loop``: the loop variables (``loop.round``); ``item``: the current item
+    of a ``for_each``; ``none``: null (a previous round's output, read in round 1).
     """
 
     kind: BindingKind

@@ -111,7 +111,7 @@ class _Builder:
             if source.kind == "input":
                 resolved[name] = Binding("input")
             elif source.kind in ("loop", "item"):
-                resolved[name] = Binding("loop")
+                resolved[name] = Binding(source.kind)
             elif source.kind == "previous":
                 assert round_ is not None
                 resolved[name] = Binding("none") if round_ == 1 else Binding("task", (node_id(name, round_ - 1),))

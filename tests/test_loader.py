@@ -155,3 +155,15 @@ def test_policies_record_what_was_given_explicitly() -> None:
     task = workflow.stages[0].tasks[0]
     assert "retry" in task.model_fields_set and task.retry is None  # type: ignore[union-attr]
     assert "timeout" not in task.model_fields_set
+
+
+def test_text_passed_as_a_path_gets_a_hint() -> None:
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(MINIMAL)
+    assert caught.value.problems[0].hint == "to load YAML or JSON text, call parse_workflow(text)"
+
+
+def test_seed_file_names_become_valid_workflow_names(write) -> None:
+    path = write('{"workflow": [{"type": "inline", "tasks": [{"model": "fast_ai", "prompt": "x", '
+                 '"output_variable": "a"}]}]}', "mon flux été.json")
+    assert load_workflow(path).name == "mon_flux__t_"

@@ -33,8 +33,11 @@ def load_workflow(source: WorkflowSource) -> Workflow:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise WorkflowError([Problem("unreadable", f"cannot read the file: {reason}",
-                                     location=Location(str(path)))]) from None
+        looks_like_text = isinstance(source, str) and "\n" in source
+        hint = "to load YAML or JSON text, call parse_workflow(text)" if looks_like_text else None
+        where = Location("<string>" if looks_like_text else str(path))
+        raise WorkflowError([Problem("unreadable", f"cannot read the file: {reason}", hint=hint,
+                                     location=where)]) from None
     return parse_workflow(text, name=str(path), file=path)
 
 
@@ -59,7 +62,7 @@ def _validate(data: dict[str, Any], origin: Origin) -> Workflow:
 
 
 def _safe_name(stem: str) -> str:
-    cleaned = "".join(char if char.isalnum() or char in "_.-" else "_" for char in stem)
+    cleaned = "".join(char if (char.isascii() and char.isalnum()) or char in "_.-" else "_" for char in stem)
     return cleaned.lstrip(".-") or "seed_workflow"
 
 

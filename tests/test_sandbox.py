@@ -223,3 +223,23 @@ def test_template_reference_syntax_errors(source: str) -> None:
 def test_expression_reference_syntax_errors(source: str) -> None:
     with pytest.raises(TemplateError):
         engine.expression_references(source)
+
+
+@pytest.mark.parametrize("source", [
+    "{{ ('a ' * 100000)|wordwrap(3, True, 'y' * 1000) }}",  # wrapstring given by position
+    "{{ ('a\n' * 10000)|indent('y' * 1000) }}",  # indent by a string
+    "{{ (['a'] * 1000)|join('x' * 10000) }}",
+    "{{ range(10000)|map('string')|join('x' * 100000) }}",
+    "{{ 'see http://x.org'|urlize(target='t' * 1000) }}",
+])
+def test_amplifying_filters_are_refused_before_they_run(source: str) -> None:
+    with pytest.raises((engine.TemplateLimitError, engine.TemplateSecurityError)):
+        engine.TemplateRenderer().render(source, {})
+
+
+def test_amplifying_filters_still_work_within_limits() -> None:
+    renderer = engine.TemplateRenderer()
+    assert renderer.render("{{ 'hello world foo'|wordwrap(5) }}", {}) == "hello\nworld\nfoo"
+    assert renderer.render("{{ 'a\nb'|indent(2, true) }}", {}) == "  a\n  b"
+    assert renderer.render("{{ [1, 2]|join(', ') }}|{{ 'abc'|replace('b', 'X') }}", {}) == "1, 2|aXc"
+    assert renderer.render("{{ '%s-%d'|format('a', 3) }}", {}) == "a-3"

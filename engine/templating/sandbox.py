@@ -16,6 +16,7 @@ Undefined names are errors (StrictUndefined); compiled templates are cached.
 
 from __future__ import annotations
 
+import inspect
 import re
 import string
 import time
@@ -118,31 +119,78 @@ def _bounded_iter(iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
+def _check_format_filter(arguments: dict[str, Any]) -> None:
+    _check_percent_format(str(arguments.get("value", "")))
+
+
+def _check_replace_filter(arguments: dict[str, Any]) -> None:
+    _estimate_replace(str(arguments.get("s", "")), str(arguments.get("old", "")), str(arguments.get("new", "")))
+
+
+def _check_wordwrap_filter(arguments: dict[str, Any]) -> None:
+    text, width = str(arguments.get("s", "")), arguments.get("width", 79)
+    breaks = len(text) // max(width if isinstance(width, int) else 1, 1) + 1
+    _check_estimate(len(text) + breaks * len(arguments.get("wrapstring") or "\n"), "wordwrap")
+
+
+def _check_indent_filter(arguments: dict[str, Any]) -> None:
+    text, width = str(arguments.get("s", "")), arguments.get("width", 4)
+    if isinstance(width, str):
+        _check_estimate(len(text) + (text.count("\n") + 1) * len(width), "indent")
+
+
+def _check_join_filter(arguments: dict[str, Any]) -> None:
+    value, separator = arguments.get("value"), str(arguments.get("d", ""))
+    if isinstance(value, list | tuple):
+        _check_estimate(len(value) * len(separator), "join")
+    elif len(separator) > 1000:  # a lazy sequence: its length is unknown before joining
+        raise TemplateSecurityError("join's separator is limited to 1000 characters for generated sequences")
+
+
+def _check_urlize_filter(arguments: dict[str, Any]) -> None:
+    for name in ("target", "rel"):
+        if len(str(arguments.get(name) or "")) > 100:
+            raise TemplateSecurityError(f"urlize's {name} is limited to 100 characters")
+
+
+def _check_estimate(size: int, operation: str) -> None:
+    if size > _limits().max_value_chars:
+        raise TemplateLimitError(f"{operation} would build a value above the limit of {_limits().max_value_chars}")
+
+
+# Filters whose output can be far larger than their input, checked before they run.
+_FILTER_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "do_format": _check_format_filter,
+    "do_replace": _check_replace_filter,
+    "do_wordwrap": _check_wordwrap_filter,
+    "do_indent": _check_indent_filter,
+    "do_join": _check_join_filter,
+    "do_urlize": _check_urlize_filter,
+}
+
+
 def _bounded_filter(function: Callable[..., Any]) -> Callable[..., Any]:
+    check = _FILTER_CHECKS.get(function.__name__)
+    signature = inspect.signature(function) if check is not None else None
+
     def bounded(*args: Any, **kwargs: Any) -> Any:
         for argument in (*args[1:], *kwargs.values()):
-            _check_width(argument)
-            if isinstance(argument, str) and function.__name__ == "do_format":
-                _check_percent_format(argument)
-        if function.__name__ == "do_format" and args and isinstance(args[0], str):
-            _check_percent_format(args[0])
-        if function.__name__ == "do_replace" and len(args) >= 4:
-            _estimate_replace(str(args[1]), str(args[2]), str(args[3]))
-        if function.__name__ == "do_wordwrap" and len(kwargs.get("wrapstring") or "") > 16:
-            raise TemplateSecurityError("wordwrap's wrapstring is limited to 16 characters")
+            _check_width(argument)  # widths and counts: center(10**9), batch(10**8)
+        if check is not None and signature is not None:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            check(bound.arguments)
         return _check_size(function(*args, **kwargs))
 
-    for attribute in ("jinja_pass_arg",):  # keep pass_context/pass_eval_context markers
-        if hasattr(function, attribute):
-            setattr(bounded, attribute, getattr(function, attribute))
+    if hasattr(function, "jinja_pass_arg"):  # keep the pass_context/pass_eval_context marker
+        bounded.jinja_pass_arg = function.jinja_pass_arg  # type: ignore[attr-defined]
     bounded.__name__ = function.__name__
     return bounded
 
 
 def _estimate_replace(text: str, old: str, new: str) -> None:
     occurrences = text.count(old) if old else len(text) + 1
-    if len(text) + occurrences * max(len(new) - len(old), 0) > _limits().max_value_chars:
-        raise TemplateLimitError("replace would build a value above the size limit")
+    _check_estimate(len(text) + occurrences * max(len(new) - len(old), 0), "replace")
 
 
 class SandboxEnvironment(ImmutableSandboxedEnvironment):

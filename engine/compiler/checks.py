@@ -39,7 +39,7 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
                                 "set `model:` on the task or under `defaults:`"))
     if task.call is not None:
         problems += _check_name("function", task.call, (*path, "call"), catalog.functions,
-                                "register it with the engine (Engine(functions=...))")
+                                "register it with the engine; for `orchestrion validate`, pass `--function NAME`")
     if task.workflow is not None:
         problems += _check_sub_workflow(task, path, workflow, catalog)
     return problems

@@ -6,17 +6,26 @@ Every error the engine raises on purpose derives from ``OrchestrionError``::
      ├── WorkflowError          a workflow document is invalid: every Problem found,
      │                          each with file:line:column, the path and a hint
      ├── CatalogError           an addon or template file is invalid
-     └── TemplateError          rendering a Jinja template or expression failed
-          ├── TemplateSecurityError   the sandbox refused an operation
-          └── TemplateLimitError      output size or work exceeded its cap
+     ├── ConfigError            the engine's configuration is invalid or incomplete
+     ├── InputError             a run's inputs do not match the declared inputs
+     ├── TemplateError          rendering a Jinja template or expression failed
+     │    ├── TemplateSecurityError   the sandbox refused an operation
+     │    └── TemplateLimitError      output size or work exceeded its cap
+     └── TaskError              a task failed; carries task_id and attempt
+          ├── ModelError             a model call failed; ``kind`` classifies it
+          │    └── InvalidOutputError     the output did not match ``output.schema``
+          ├── BudgetExceededError    the next call would pass ``limits.max_cost_usd``
+          └── FunctionError          a ``call:`` function raised
 
-Later layers (runtime, providers) hang their errors under the same root.
+``ModelError.kind`` is one of ERROR_KINDS; ``transient`` kinds are retried,
+``persistent`` ones go to the next model of the fallback chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 PathPart = str | int
 Path = tuple[PathPart, ...]
@@ -107,3 +116,81 @@ class TemplateSecurityError(TemplateError):
 
 class TemplateLimitError(TemplateError):
     """A template exceeded its output size or work budget."""
+
+
+class ConfigError(OrchestrionError):
+    """The engine's configuration is invalid or incomplete (names what and where)."""
+
+
+class InputError(OrchestrionError):
+    """The inputs given to a run do not match the workflow's declared inputs."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid inputs:\n" + "\n".join(f"  {problem}" for problem in self.problems))
+
+
+ErrorKind = Literal[
+    "rate_limit", "server_error", "timeout", "connection",  # transient: retried
+    "auth", "bad_request", "not_found",  # persistent: next model of the chain
+    "context_length",  # resource: a model with a larger context
+    "invalid_output",  # logical: repaired with the error fed back
+    "budget", "denied", "function", "cancelled", "unknown",
+]
+TRANSIENT_KINDS: frozenset[str] = frozenset({"rate_limit", "server_error", "timeout", "connection"})
+PERSISTENT_KINDS: frozenset[str] = frozenset({"auth", "bad_request", "not_found", "context_length"})
+
+
+class TaskError(OrchestrionError):
+    """A task failed. ``task_id`` and ``attempt`` say which and when."""
+
+    kind: ErrorKind = "unknown"
+
+    def __init__(self, message: str, *, task_id: str | None = None, attempt: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+        self.attempt = attempt
+
+    def __str__(self) -> str:
+        where = f"task {self.task_id!r}" if self.task_id else ""
+        if where and self.attempt:
+            where += f" (attempt {self.attempt})"
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ModelError(TaskError):
+    """A model call failed; ``kind`` classifies the failure for retries and fallbacks."""
+
+    def __init__(
+        self, kind: ErrorKind, message: str, *, model: str | None = None, retry_after: float | None = None,
+        task_id: str | None = None, attempt: int | None = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id, attempt=attempt)
+        self.kind = kind
+        self.model = model
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in TRANSIENT_KINDS
+
+
+class InvalidOutputError(ModelError):
+    """The model's output is not JSON, or does not match the task's ``output.schema``."""
+
+    def __init__(self, message: str, *, output: str, model: str | None = None) -> None:
+        super().__init__("invalid_output", message, model=model)
+        self.output = output
+
+
+class BudgetExceededError(TaskError):
+    """Running the next call would pass the run's ``limits.max_cost_usd``."""
+
+    kind: ErrorKind = "budget"
+
+
+class FunctionError(TaskError):
+    """A registered function called by a ``call:`` task raised."""
+
+    kind: ErrorKind = "function"

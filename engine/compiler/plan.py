@@ -71,6 +71,7 @@ class Node:
     task: Task | None = None  # None for `until` checks
     policies: NodePolicies | None = None
     condition: str | None = None  # the `until` expression of a check node
+    group: str | None = None  # label of the repeated stage it belongs to
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ class _Builder:
                 depends = {node_id(site.task.id, round_) for site in members}
                 nodes.append(Node(until_id(group, round_), f"until:{group.label}", "until",
                                   (*group.path, "repeat", "until"), members[0].stage if members else 0,
-                                  round_, frozenset(depends), bindings, condition=group.until))
+                                  round_, frozenset(depends), bindings, condition=group.until, group=group.label))
         return nodes
 
     def _task_node(self, site: Site, round_: int | None) -> Node:
@@ -74,7 +74,8 @@ class _Builder:
         depends |= self._predecessors(site, round_)
         depends |= self._after(site)
         return Node(node_id(site.task.id, round_), site.task.id, site.task.kind, site.path, site.stage, round_,
-                    frozenset(depends), bindings, site.task, self.policies[site.order])
+                    frozenset(depends), bindings, site.task, self.policies[site.order],
+                    group=site.group.label if site.group else None)
 
     def _predecessors(self, site: Site, round_: int | None) -> set[NodeId]:
         group = site.group

@@ -21,7 +21,7 @@ import re
 import string
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +68,10 @@ _budget: ContextVar[_Budget | None] = ContextVar("orchestrion_render_budget", de
 _DEFAULT_LIMITS = RenderLimits()
 _LOOP_GUARD = "__orchestrion_bounded_iter"
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_PLAIN_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_NOT_PLAIN = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if",
+                        "else", "range", "dict", "cycler", "joiner", "namespace"})
+_SINGLE_EXPRESSION = re.compile(r"\s*\{\{(.*)\}\}\s*", re.S)
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
@@ -254,8 +258,60 @@ class TemplateRenderer:
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._cache_size = cache_size
 
-    def render(self, source: str, variables: dict[str, Any]) -> str:
+    def render(self, source: str, variables: Mapping[str, Any]) -> str:
         """Render a template; raise TemplateError for any failure."""
+        if "{" not in source:
+            return source  # no Jinja at all
+        pieces = self._plain_pieces(source)
+        if pieces is not None:
+            return self._substitute(pieces, variables)
+        return self._render_jinja(source, variables)
+
+    def render_native(self, source: str, variables: Mapping[str, Any]) -> Any:
+        """Like ``render``, but a template that is one ``{{ expression }}`` gives its value, not its text.
+
+        So ``with: {items: "{{ questions }}"}`` passes the list itself.
+        """
+        single = _SINGLE_EXPRESSION.fullmatch(source)
+        if single is not None and "{{" not in single.group(1) and "}}" not in single.group(1):
+            return self.evaluate(single.group(1), variables)
+        return self.render(source, variables)
+
+    def _plain_pieces(self, source: str) -> tuple[str | tuple[str], ...] | None:
+        """``"a {{ x }} b"`` -> ``("a ", ("x",), " b")`` if plain names are its only Jinja, else None."""
+        key = ("plain", source)
+        if key in self._cache:
+            cached: tuple[str | tuple[str], ...] | None = self._cache[key]
+            return cached
+        pieces: list[str | tuple[str]] = []
+        cursor = 0
+        for match in _PLAIN_NAME.finditer(source):
+            pieces += [source[cursor:match.start()], (match.group(1),)]
+            cursor = match.end()
+        pieces.append(source[cursor:])
+        literal = "".join(piece for piece in pieces if isinstance(piece, str))
+        plain = "{" not in literal and "}" not in literal and not any(
+            isinstance(piece, tuple) and piece[0] in _NOT_PLAIN for piece in pieces)
+        result = tuple(piece for piece in pieces if piece != "") if plain else None
+        self._remember(key, result)
+        return result
+
+    def _substitute(self, pieces: tuple[str | tuple[str], ...], variables: Mapping[str, Any]) -> str:
+        out = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+            elif piece[0] in variables:
+                value = variables[piece[0]]
+                out.append(value if isinstance(value, str) else str(value))
+            else:
+                raise TemplateError(f"undefined name: {piece[0]!r} is undefined")
+        text = "".join(out)
+        if len(text) > self.limits.max_output_chars:
+            raise TemplateLimitError(f"output is longer than {self.limits.max_output_chars} characters")
+        return text
+
+    def _render_jinja(self, source: str, variables: Mapping[str, Any]) -> str:
         template = self._compiled("template", source)
         token = _budget.set(_Budget(self.limits))
         try:
@@ -274,7 +330,7 @@ class TemplateRenderer:
         finally:
             _budget.reset(token)
 
-    def evaluate(self, expression: str, variables: dict[str, Any]) -> Any:
+    def evaluate(self, expression: str, variables: Mapping[str, Any]) -> Any:
         """Evaluate a bare expression (``when``, ``until``, ``for_each``)."""
         compiled = self._compiled("expression", expression)
         token = _budget.set(_Budget(self.limits))
@@ -300,10 +356,13 @@ class TemplateRenderer:
                 compiled = self.environment.compile_expression(source, undefined_to_none=False)
         except TemplateSyntaxError as exc:
             raise TemplateError(f"syntax error in {kind}: {exc.message} (line {exc.lineno})") from None
-        self._cache[key] = compiled
+        self._remember(key, compiled)
+        return compiled
+
+    def _remember(self, key: tuple[str, str], value: Any) -> None:
+        self._cache[key] = value
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return compiled
 
 
 def _defined(value: Any) -> Any:

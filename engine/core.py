@@ -1,0 +1,172 @@
+"""The Engine: what a workflow runs against (models, functions, addons, templates).
+
+    engine = Engine(models=FakeModel())          # or Engine.from_file("orchestrion.yaml")
+    result = await engine.run("flows/report.yaml", {"topic": "solar"})
+    async with engine.stream(workflow, inputs) as events:
+        async for event in events: ...
+    engine.run_sync(workflow, inputs)
+
+No globals, nothing configured at import; an Engine may run many workflows
+concurrently. Workflows are validated against what the engine knows before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from engine.catalog import Catalog
+from engine.compiler import Plan, compile_workflow
+from engine.dsl.loader import WorkflowSource, load_workflow
+from engine.dsl.models import Workflow
+from engine.errors import ConfigError
+from engine.runtime.budget import Price
+from engine.runtime.bus import EventBus, Listener, Subscription
+from engine.runtime.context import Services, Sleep
+from engine.runtime.events import Event
+from engine.runtime.inputs import validate_inputs
+from engine.runtime.model import ModelClient
+from engine.runtime.results import RunResult
+from engine.runtime.scheduler import run_plan
+from engine.templating import RenderLimits, TemplateRenderer
+
+
+class Engine:
+    """Runs workflows. ``models`` is one client for every alias, or a client per alias."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelClient | Mapping[str, ModelClient] | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        prices: Mapping[str, Price] | None = None,
+        model_concurrency: Mapping[str, int] | None = None,
+        addon_dirs: Iterable[Path] = (),
+        template_dirs: Iterable[Path] = (),
+        render_limits: RenderLimits | None = None,
+        sleep: Sleep = anyio.sleep,
+        stream_tokens: bool = True,
+        event_buffer: int = 1024,
+    ) -> None:
+        clients = dict(models) if isinstance(models, Mapping) else {}
+        self.functions = dict(functions or {})
+        self.catalog = Catalog.default(addon_dirs, template_dirs, models=clients, functions=self.functions)
+        self.event_buffer = event_buffer
+        self._listeners: list[Listener] = []
+        self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
+        self._services = Services(
+            clients=clients, default_client=None if isinstance(models, Mapping) else models,
+            functions=self.functions, renderer=TemplateRenderer(render_limits or RenderLimits()),
+            catalog=self.catalog, prices=dict(prices or {}), model_concurrency=dict(model_concurrency or {}),
+            compile=self.compile, load_template=self._load_template, sleep=sleep, stream_tokens=stream_tokens,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Engine:
+        """An engine built from an ``orchestrion.yaml`` configuration file."""
+        from engine.config import load_config
+        from engine.testing import FakeModel
+
+        config = load_config(path)
+        providers = {name: FakeModel(p.answers, echo=p.echo, latency=p.latency) for name, p in config.providers.items()}
+        models: dict[str, ModelClient] = {alias: providers[m.provider] for alias, m in config.models.items()}
+        prices = {alias: Price(m.input_price, m.output_price, m.cached_input_price)
+                  for alias, m in config.models.items()}
+        if config.default_provider is not None:
+            default = providers[config.default_provider]
+            models = {alias: models.get(alias, default) for alias in {*Catalog().models, *models}}
+        return cls(models=models, prices=prices, model_concurrency=config.model_concurrency, **overrides)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for every event of every run (it must not block)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def load(self, workflow: WorkflowSource) -> Workflow:
+        return load_workflow(workflow)
+
+    def compile(self, workflow: WorkflowSource) -> Plan:
+        """Validate a workflow against this engine and compile it (cached per Workflow object)."""
+        loaded = load_workflow(workflow)
+        cached = self._plans.get(id(loaded))
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
+        plan = compile_workflow(loaded, self.catalog)
+        self._plans[id(loaded)] = (loaded, plan)
+        if len(self._plans) > 256:
+            self._plans.popitem(last=False)
+        return plan
+
+    async def run(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
+                  *, run_id: str | None = None) -> RunResult:
+        """Run a workflow to the end. Invalid workflows and inputs raise before anything runs;
+        a failed run is a RunResult with ``status == "failed"`` (``raise_for_status()`` raises)."""
+        loaded, plan, values = self._prepare(workflow, inputs)
+        return await run_plan(self._services, plan, loaded, values, bus=EventBus(self._listeners), run_id=run_id)
+
+    @asynccontextmanager
+    async def stream(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
+                     *, buffer: int | None = None) -> AsyncIterator[RunEvents]:
+        """Run a workflow in the background and iterate over its events as they happen.
+
+        Leaving the block before the run ends cancels it. After the last event
+        (``run_finished``), ``events.result`` holds the RunResult.
+        """
+        loaded, plan, values = self._prepare(workflow, inputs)
+        bus = EventBus(self._listeners)
+        subscription = bus.subscribe(buffer or self.event_buffer)
+        events = RunEvents(subscription)
+
+        async def drive() -> None:
+            try:
+                events.result = await run_plan(self._services, plan, loaded, values, bus=bus)
+            finally:
+                subscription.close()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(drive)
+            try:
+                yield events
+            finally:
+                if events.result is None:
+                    group.cancel_scope.cancel()
+
+    def run_sync(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
+                 *, backend: Literal["asyncio", "trio"] = "asyncio") -> RunResult:
+        """``run`` for code without an event loop."""
+        return anyio.run(functools.partial(self.run, workflow, inputs), backend=backend)
+
+    def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None
+                 ) -> tuple[Workflow, Plan, dict[str, Any]]:
+        loaded = load_workflow(workflow)
+        plan = self.compile(loaded)
+        return loaded, plan, validate_inputs(plan.inputs, inputs)
+
+    def _load_template(self, reference: str, parent: Workflow | None) -> Workflow:
+        if "/" in reference or reference.endswith((".yaml", ".yml", ".json")):
+            origin = parent.origin if parent is not None else None
+            base = origin.file.parent if origin is not None and origin.file is not None else Path.cwd()
+            return load_workflow(base / reference)
+        if reference not in self.catalog.templates:
+            raise ConfigError(f"unknown template {reference!r}")
+        return load_workflow(self.catalog.templates[reference])
+
+
+class RunEvents:
+    """The events of one streamed run; ``result`` is set once the run has ended."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+        self.result: RunResult | None = None
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._subscription.receive.__aiter__()

@@ -1,0 +1,1 @@
+"""The runtime: runs a compiled Plan on anyio (scheduler, executors, events, results)."""

@@ -1,0 +1,136 @@
+"""The typed event stream of a run: one schema, JSON-serialisable both ways.
+
+Every event carries ``run_id`` and ``time`` (Unix seconds); task events carry
+``task_id`` (the node id: ``draft@2`` for a round of a repeated stage) and
+``attempt``. ``Event.to_dict()`` / ``event_from_dict()`` round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    type: ClassVar[str] = "event"
+    run_id: str
+    time: float
+    task_id: str | None = None
+    attempt: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {"type": self.type, **data}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(Event):
+    type: ClassVar[str] = "run_started"
+    workflow: str
+    inputs: dict[str, Any]
+    nodes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(Event):
+    type: ClassVar[str] = "run_finished"
+    status: str
+    error: str | None
+    wall_time_s: float
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStarted(Event):
+    type: ClassVar[str] = "task_started"
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSkipped(Event):
+    type: ClassVar[str] = "task_skipped"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRetrying(Event):
+    type: ClassVar[str] = "task_retrying"
+    model: str | None
+    error_kind: str
+    error: str
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFellBack(Event):
+    type: ClassVar[str] = "task_fell_back"
+    from_model: str
+    to_model: str
+    error_kind: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFinished(Event):
+    type: ClassVar[str] = "task_finished"
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFailed(Event):
+    type: ClassVar[str] = "task_failed"
+    error_kind: str
+    error: str
+    critical: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenDelta(Event):
+    type: ClassVar[str] = "token_delta"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateApplied(Event):
+    type: ClassVar[str] = "gate_applied"
+    model: str
+    tokens: int
+    action: str  # "allow", "switch", "deny"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStateChanged(Event):
+    type: ClassVar[str] = "breaker_state_changed"
+    model: str
+    old_state: str
+    new_state: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsDropped(Event):
+    """Told to a subscriber that fell behind: ``count`` events were not delivered to it."""
+
+    type: ClassVar[str] = "events_dropped"
+    count: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (RunStarted, RunFinished, TaskStarted, TaskSkipped, TaskRetrying, TaskFellBack,
+                              TaskFinished, TaskFailed, TokenDelta, GateApplied, BreakerStateChanged, EventsDropped)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """The inverse of ``Event.to_dict``."""
+    fields = dict(data)
+    cls = EVENT_TYPES[fields.pop("type")]
+    return cls(**fields)

@@ -1,0 +1,67 @@
+"""The one seam between the runtime and models: the ModelClient Protocol.
+
+Providers (OpenAI-compatible, Anthropic, Gemini, llama.cpp) and the test
+double ``engine.testing.FakeModel`` implement it; the runtime knows nothing else
+about them. A client raises ``engine.ModelError`` with a ``kind`` for failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """What a task asks of a model."""
+
+    model: str  # the alias, as the workflow names it
+    messages: tuple[Message, ...]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    output_schema: Mapping[str, Any] | None = None  # ask for JSON matching this schema
+
+    @property
+    def prompt(self) -> str:
+        """The last user message."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResponse:
+    """A model's answer: its text, and the tokens it cost."""
+
+    text: str
+    usage: Usage = Usage()
+    model: str = ""  # the provider's name for the model that answered
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of a streamed answer."""
+
+    text: str
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    """Answers model requests; ``stream`` yields TextDelta pieces, then the ModelResponse."""
+
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]: ...

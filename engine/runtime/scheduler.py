@@ -1,0 +1,221 @@
+"""The dataflow scheduler: each node starts the moment the nodes it waits for are done.
+
+One anyio task per node, spawned when its last dependency finishes (a
+counter per node, no polling, no barriers beyond the plan's edges). A node
+that may not run is skipped: its repeated stage already ended, every value it
+reads was skipped, or its ``when`` is false. A failed critical node cancels
+everything still running and fails the run; a failed non-critical node
+outputs null and the run goes on. Cancelling the caller cancels every branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import structlog
+
+from engine.compiler.plan import Node, NodeId, Plan
+from engine.dsl.models import Workflow
+from engine.errors import BudgetExceededError, OrchestrionError, TaskError
+from engine.runtime.budget import Budget
+from engine.runtime.bus import EventBus
+from engine.runtime.context import RunState, Services
+from engine.runtime.events import RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
+from engine.runtime.executors import execute
+from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
+
+_stdlib_logger = logging.getLogger("orchestrion")
+_stdlib_logger.addHandler(logging.NullHandler())  # a library never configures logging
+log = structlog.wrap_logger(_stdlib_logger, wrapper_class=structlog.stdlib.BoundLogger)
+
+
+async def run_plan(
+    services: Services, plan: Plan, workflow: Workflow | None, inputs: dict[str, Any], *, bus: EventBus,
+    budget: Budget | None = None, depth: int = 0, run_id: str | None = None,
+) -> RunResult:
+    """Run a compiled plan with validated inputs; never raises for a task's failure."""
+    state = RunState(run_id or uuid.uuid4().hex, plan, workflow, inputs, bus,
+                     budget or Budget(plan.limits.max_cost_usd), depth)
+    return await _Scheduler(services, state).run()
+
+
+class _Scheduler:
+    def __init__(self, services: Services, state: RunState) -> None:
+        self.services = services
+        self.state = state
+        self.plan = state.plan
+        self.waiting = {node_id: len(node.depends_on) for node_id, node in self.plan.nodes.items()}
+        self.state.results = {node_id: TaskResult(node_id) for node_id in self.plan.nodes}
+        limit = self.plan.limits.max_concurrency
+        self.limiter = anyio.CapacityLimiter(limit) if limit else None
+        self.failure: BaseException | None = None
+        self.failed_node: NodeId | None = None
+        self.group: anyio.abc.TaskGroup | None = None
+
+    async def run(self) -> RunResult:
+        state, started = self.state, time.time()
+        state.emit(RunStarted, workflow=self.plan.name, inputs=state.inputs, nodes=len(self.plan.nodes))
+        status: RunStatus = "succeeded"
+        try:
+            with anyio.fail_after(self.plan.limits.timeout):
+                async with anyio.create_task_group() as group:
+                    self.group = group
+                    for node_id, count in self.waiting.items():
+                        if count == 0:
+                            group.start_soon(self._run_node, self.plan.nodes[node_id])
+        except TimeoutError:
+            status, self.failure = "failed", TimeoutError(f"the run took longer than {self.plan.limits.timeout} s")
+        except anyio.get_cancelled_exc_class():
+            self._finish("cancelled", started)
+            raise
+        if self.failure is not None:
+            status = "failed"
+        outputs = self._outputs() if status == "succeeded" else {}
+        if status == "succeeded" and self.failure is not None:
+            status = "failed"  # an output failed to render
+        return self._finish(status, started, outputs)
+
+    async def _run_node(self, node: Node) -> None:
+        result = self.state.results[node.id]
+        try:
+            reason = self._skip_reason(node)
+        except OrchestrionError as error:  # `when` could not be evaluated
+            self._fail(node, result, error)
+            reason = None
+        if result.status == "failed":
+            pass
+        elif reason is not None:
+            result.status = "skipped"
+            self.state.emit(TaskSkipped, task_id=node.id, reason=reason)
+        elif node.kind == "until":
+            self._check_until(node, result)
+        elif self.limiter is not None:
+            async with self.limiter:
+                await self._execute(node, result)
+        else:
+            await self._execute(node, result)
+        if self.failure is None:
+            self._release(node)
+
+    def _release(self, node: Node) -> None:
+        assert self.group is not None
+        for child in self.plan.dependents[node.id]:
+            self.waiting[child] -= 1
+            if self.waiting[child] == 0:
+                self.group.start_soon(self._run_node, self.plan.nodes[child])
+
+    def _skip_reason(self, node: Node) -> str | None:
+        stopped = self.state.stopped_rounds.get(node.group or "")
+        if stopped is not None and node.round is not None and node.round > stopped:
+            return f"the repeated stage ended after round {stopped}"
+        read = [binding for binding in node.bindings.values() if binding.kind == "task"]
+        results = self.state.results
+        if read and all(results[n].status == "skipped" for binding in read for n in binding.nodes):
+            return "every value it reads was skipped"
+        when = node.task.when if node.task is not None else None
+        if when is not None and not self.services.renderer.evaluate(when, self.state.variables(node)):
+            return f"`when` is false: {when}"
+        return None
+
+    def _check_until(self, node: Node, result: TaskResult) -> None:
+        result.started_at = time.time()
+        try:
+            done = bool(self.services.renderer.evaluate(str(node.condition), self.state.variables(node)))
+        except OrchestrionError as error:
+            self._fail(node, result, error)
+            return
+        result.status, result.output, result.ended_at = "succeeded", done, time.time()
+        self.state.values[node.id] = done
+        if done and node.group is not None and node.round is not None:
+            self.state.stopped_rounds[node.group] = node.round
+
+    async def _execute(self, node: Node, result: TaskResult) -> None:
+        state = self.state
+        result.started_at = time.time()
+        model = node.policies.models[0] if node.policies and node.policies.models else None
+        state.emit(TaskStarted, task_id=node.id, attempt=1, model=model)
+        try:
+            output = await execute(self.services, state, node, result)
+        except anyio.get_cancelled_exc_class():
+            result.status, result.ended_at = "cancelled", time.time()
+            raise
+        except Exception as error:  # every failure becomes the task's result, never the group's
+            self._fail(node, result, error)
+            return
+        result.status, result.output, result.ended_at = "succeeded", output, time.time()
+        state.values[node.id] = output
+        state.emit(TaskFinished, task_id=node.id, attempt=result.attempts, model=result.model,
+                   input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                   cost_usd=result.cost_usd, latency_s=result.ended_at - result.started_at)
+
+    def _fail(self, node: Node, result: TaskResult, error: BaseException) -> None:
+        critical = node.policies.critical if node.policies is not None else True
+        fatal = critical or isinstance(error, BudgetExceededError)
+        result.status, result.ended_at = "failed", time.time()
+        result.error, result.error_kind = _describe(error), getattr(error, "kind", "unknown")
+        self.state.values[node.id] = None
+        self.state.emit(TaskFailed, task_id=node.id, attempt=result.attempts or None,
+                        error_kind=result.error_kind, error=result.error, critical=fatal)
+        log.warning("orchestrion task failed", orchestrion_run_id=self.state.run_id,
+                    orchestrion_task_id=node.id, error_kind=result.error_kind, critical=fatal)
+        if fatal and self.failure is None:
+            self.failure, self.failed_node = error, node.id
+            assert self.group is not None
+            self.group.cancel_scope.cancel()
+
+    def _outputs(self) -> dict[str, Any]:
+        state = self.state
+        if not self.plan.outputs:  # none declared: every task's last value, by task id
+            return {node.task_id: state.values.get(node.id) for node in self.plan.nodes.values()
+                    if node.kind != "until" and state.results[node.id].status != "skipped"}
+        outputs: dict[str, Any] = {}
+        for name, spec in self.plan.outputs.items():
+            variables = {key: state.value_of(binding, key, _OUTPUT_NODE, {}) for key, binding in spec.bindings.items()}
+            try:
+                outputs[name] = self.services.renderer.render_native(spec.template, variables)
+            except OrchestrionError as error:
+                self.failure = TaskError(f"output {name!r}: {error}")
+                return {}
+        return outputs
+
+    def _finish(self, status: RunStatus, started: float, outputs: dict[str, Any] | None = None) -> RunResult:
+        state, ended = self.state, time.time()
+        for result in state.results.values():
+            if result.status == "pending" and status != "succeeded":
+                result.status = "cancelled"
+        totals = _totals(state.results, ended - started)
+        error = _describe(self.failure) if self.failure is not None else None
+        if status == "cancelled":
+            error = "the run was cancelled"
+        state.emit(RunFinished, status=status, error=error, wall_time_s=totals.wall_time_s, cost_usd=totals.cost_usd,
+                   input_tokens=totals.input_tokens, output_tokens=totals.output_tokens)
+        tasks: dict[str, TaskResult] = {str(key): value for key, value in state.results.items()}
+        return RunResult(state.run_id, self.plan.name, status, outputs or {}, tasks, totals,
+                         started, ended, error, self.failed_node)
+
+
+_OUTPUT_NODE = Node(NodeId("outputs"), "outputs", "until", (), 0, None, frozenset(), {})
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OrchestrionError | TimeoutError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _totals(results: Mapping[NodeId, TaskResult], wall_time: float) -> Totals:
+    totals = Totals(wall_time_s=wall_time)
+    models: dict[str, None] = {}
+    for result in results.values():
+        totals.input_tokens += result.input_tokens
+        totals.output_tokens += result.output_tokens
+        totals.cost_usd += result.cost_usd
+        if result.model:
+            models[result.model] = None
+    totals.models_used = list(models)
+    return totals

@@ -15,10 +15,24 @@ def test_all_names_exist_and_are_sorted() -> None:
         assert hasattr(engine, name), name
 
 
-def test_public_names_are_exactly_all() -> None:
-    public = {name for name in vars(engine) if not name.startswith("_")}
-    modules = {"addons", "catalog", "compiler", "dsl", "errors", "graph", "schema", "templating", "cli"}
-    assert public - modules == set(engine.__all__) - {"__version__"}
+def test_dir_is_exactly_all() -> None:
+    assert dir(engine) == sorted(engine.__all__)
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    try:
+        engine.NotAThing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as error:
+        assert "NotAThing" in str(error)
+    else:
+        raise AssertionError("no AttributeError")
+
+
+def test_import_engine_loads_no_heavy_module() -> None:
+    code = ("import sys, engine; heavy = ['jinja2', 'anyio', 'pydantic', 'structlog', 'tenacity', 'ruamel.yaml', "
+            "'jsonschema']; print([name for name in heavy if name in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_error_tree_has_one_root() -> None:

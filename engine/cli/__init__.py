@@ -7,12 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from engine.catalog import Catalog
-from engine.compiler import Plan, compile_workflow
-from engine.dsl.loader import load_workflow
-from engine.errors import CatalogError, WorkflowError
+from engine.errors import CatalogError, ConfigError, WorkflowError
+
+if TYPE_CHECKING:  # imported where used: `orchestrion --help` should not load pydantic
+    from engine.catalog import Catalog
+    from engine.compiler import Plan
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args, sys.stdout)
-    except CatalogError as exc:
+    except (CatalogError, ConfigError) as exc:
         print(f"orchestrion: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `orchestrion schema | head`
@@ -68,6 +69,8 @@ def _catalog_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
+    from engine.catalog import Catalog
+
     local = Path.cwd()
     return Catalog.default(
         addon_dirs=[local / "addons", *args.addons],
@@ -78,6 +81,9 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 
 def _compile(path: Path, catalog: Catalog) -> Plan:
+    from engine.compiler import compile_workflow
+    from engine.dsl.loader import load_workflow
+
     return compile_workflow(load_workflow(path), catalog)
 
 

@@ -10,14 +10,12 @@ outputs null and the run goes on. Cancelling the caller cancels every branch.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
-import structlog
 
 from engine.compiler.plan import Node, NodeId, Plan
 from engine.dsl.models import Workflow
@@ -27,11 +25,8 @@ from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, Services
 from engine.runtime.events import RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.runtime.executors import execute
+from engine.runtime.logs import logger
 from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
-
-_stdlib_logger = logging.getLogger("orchestrion")
-_stdlib_logger.addHandler(logging.NullHandler())  # a library never configures logging
-log = structlog.wrap_logger(_stdlib_logger, wrapper_class=structlog.stdlib.BoundLogger)
 
 
 async def run_plan(
@@ -161,7 +156,7 @@ class _Scheduler:
         self.state.values[node.id] = None
         self.state.emit(TaskFailed, task_id=node.id, attempt=result.attempts or None,
                         error_kind=result.error_kind, error=result.error, critical=fatal)
-        log.warning("orchestrion task failed", orchestrion_run_id=self.state.run_id,
+        logger().warning("orchestrion task failed", orchestrion_run_id=self.state.run_id,
                     orchestrion_task_id=node.id, error_kind=result.error_kind, critical=fatal)
         if fatal and self.failure is None:
             self.failure, self.failed_node = error, node.id

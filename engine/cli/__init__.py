@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from engine.errors import CatalogError, ConfigError, WorkflowError
+from engine.errors import CatalogError, ConfigError, InputError, WorkflowError
 
 if TYPE_CHECKING:  # imported where used: `orchestrion --help` should not load pydantic
     from engine.catalog import Catalog
@@ -27,6 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CatalogError, ConfigError) as exc:
         print(f"orchestrion: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WorkflowError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except InputError as exc:
+        print(f"orchestrion: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except BrokenPipeError:  # `orchestrion schema | head`
         return EXIT_OK
     return code
@@ -47,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
     _catalog_options(graph)
     graph.set_defaults(handler=_graph)
+
+    from engine.cli import run
+
+    run.add_parser(commands)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of workflow files")
     schema.set_defaults(handler=_schema)

@@ -1,0 +1,200 @@
+"""``orchestrion run``: run a workflow with live progress, then print its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from engine.core import Engine
+from engine.errors import ConfigError, InputError
+from engine.runtime.events import (
+    Event,
+    RunFinished,
+    TaskFailed,
+    TaskFellBack,
+    TaskFinished,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+)
+from engine.runtime.results import RunResult
+
+DEFAULT_CONFIG = Path("orchestrion.yaml")
+
+
+def add_parser(commands: Any) -> None:
+    run = commands.add_parser("run", help="run a workflow and print its outputs")
+    run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE",
+                     help="an input; VALUE is read as JSON unless the input is a string")
+    run.add_argument("--inputs-file", type=Path, metavar="FILE", help="a YAML or JSON mapping of inputs")
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help=f"engine configuration (default: ./{DEFAULT_CONFIG} if it exists)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="answer every model alias with a fake model that echoes the prompt")
+    run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
+    run.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    engine = _engine(args)
+    workflow = engine.load(args.file)
+    inputs = parse_inputs(args.input, args.inputs_file, workflow.inputs)
+    progress = None if args.quiet else Progress(sys.stderr)
+    result = anyio.run(_run, engine, workflow, inputs, progress)
+    if args.json:
+        out.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    else:
+        _print_outputs(result, out)
+    return 0 if result.status == "succeeded" else 1
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    if args.dry_run:
+        from engine.testing import FakeModel
+
+        return Engine(models=FakeModel())
+    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    return Engine.from_file(config) if config is not None else Engine()
+
+
+async def _run(engine: Engine, workflow: Any, inputs: dict[str, Any], progress: Progress | None) -> RunResult:
+    async with engine.stream(workflow, inputs) as events:
+        async for event in events:
+            if progress is not None:
+                progress.show(event)
+    assert events.result is not None
+    return events.result
+
+
+def parse_inputs(pairs: list[str], inputs_file: Path | None, declared: dict[str, Any]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs (JSON unless the declared type is string) over the inputs file."""
+    values: dict[str, Any] = {}
+    if inputs_file is not None:
+        from engine.dsl.source import parse_document
+
+        try:
+            values.update(parse_document(inputs_file.read_text(encoding="utf-8"), str(inputs_file)).data)
+        except OSError as exc:
+            raise ConfigError(f"{inputs_file}: cannot read the inputs: {exc.strerror}") from None
+    for pair in pairs:
+        name, equals, raw = pair.partition("=")
+        if not equals:
+            raise InputError([f"--input {pair!r}: write NAME=VALUE"])
+        values[name] = raw if declared.get(name, {}).get("type") == "string" else _json_or_text(raw)
+    return values
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _print_outputs(result: RunResult, out: TextIO) -> None:
+    if result.status != "succeeded":
+        print(f"run {result.status}: {result.error}", file=sys.stderr)
+        return
+    for name, value in result.outputs.items():
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+        if "\n" in text:
+            print(f"{name}:\n" + "\n".join(f"  {line}" for line in text.splitlines()), file=out)
+        else:
+            print(f"{name}: {text}", file=out)
+
+
+class Progress:
+    """A live view of the run on a terminal; one plain line per task event elsewhere."""
+
+    def __init__(self, stream: TextIO, interval: float = 0.1) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.interval = interval
+        self.started = time.monotonic()
+        self.states: dict[str, str] = {}
+        self.tokens = 0
+        self.cost = 0.0
+        self.drawn_lines = 0
+        self.last_draw = 0.0
+
+    def show(self, event: Event) -> None:
+        line = self._record(event)
+        if not self.live:
+            if line:
+                print(f"{time.monotonic() - self.started:7.2f}s {line}", file=self.stream, flush=True)
+            return
+        now = time.monotonic()
+        if isinstance(event, RunFinished) or now - self.last_draw >= self.interval:
+            self._draw()
+            self.last_draw = now
+
+    def _record(self, event: Event) -> str | None:
+        state = _STATES.get(type(event))
+        if state is not None and event.task_id is not None:
+            self.states[event.task_id] = state
+        if isinstance(event, TaskFinished):
+            self.tokens += event.input_tokens + event.output_tokens
+            self.cost += event.cost_usd
+        describe = _LINES.get(type(event))
+        return describe(event) if describe is not None else None
+
+    def _draw(self) -> None:
+        counts = {state: list(self.states.values()).count(state) for state in ("running", "done", "failed", "skipped")}
+        lines = [f"{symbol} {task}" for task, state in self.states.items()
+                 if (symbol := _SYMBOLS[state])] if len(self.states) <= 20 else []
+        lines.append(f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
+                     f"{counts['skipped']} skipped | {self.tokens} tokens | ${self.cost:.4f} | "
+                     f"{time.monotonic() - self.started:.1f}s")
+        erase = "\x1b[1A\x1b[2K" * self.drawn_lines
+        self.stream.write(erase + "\n".join(lines) + "\n")
+        self.stream.flush()
+        self.drawn_lines = len(lines)
+
+
+_SYMBOLS = {"running": "…", "done": "✓", "failed": "✗", "skipped": "-"}
+_STATES: dict[type[Event], str] = {TaskStarted: "running", TaskFinished: "done", TaskFailed: "failed",
+                                   TaskSkipped: "skipped"}
+
+
+def _started(event: Any) -> str:
+    return f"started  {event.task_id}" + (f" ({event.model})" if event.model else "")
+
+
+def _finished(event: Any) -> str:
+    return (f"finished {event.task_id} in {event.latency_s:.2f}s, {event.input_tokens}+{event.output_tokens} "
+            f"tokens, ${event.cost_usd:.4f}")
+
+
+def _failed(event: Any) -> str:
+    return f"failed   {event.task_id}: [{event.error_kind}] {event.error}"
+
+
+def _skipped(event: Any) -> str:
+    return f"skipped  {event.task_id}: {event.reason}"
+
+
+def _retrying(event: Any) -> str:
+    return f"retrying {event.task_id} in {event.delay_s:.1f}s after {event.error_kind}: {event.error}"
+
+
+def _fell_back(event: Any) -> str:
+    return f"fallback {event.task_id}: {event.from_model} -> {event.to_model} after {event.error_kind}"
+
+
+def _run_finished(event: Any) -> str:
+    return (f"run {event.status} in {event.wall_time_s:.2f}s, {event.input_tokens + event.output_tokens} tokens, "
+            f"${event.cost_usd:.4f}")
+
+
+_LINES: dict[type[Event], Any] = {
+    TaskStarted: _started, TaskFinished: _finished, TaskFailed: _failed, TaskSkipped: _skipped,
+    TaskRetrying: _retrying, TaskFellBack: _fell_back, RunFinished: _run_finished,
+}

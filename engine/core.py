@@ -132,13 +132,14 @@ class Engine:
             finally:
                 subscription.close()
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(drive)
-            try:
-                yield events
-            finally:
-                if events.result is None:
-                    group.cancel_scope.cancel()
+        with subscription.receive:  # closed when the block is left, read or not
+            async with anyio.create_task_group() as group:
+                group.start_soon(drive)
+                try:
+                    yield events
+                finally:
+                    if events.result is None:
+                        group.cancel_scope.cancel()
 
     def run_sync(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
                  *, backend: Literal["asyncio", "trio"] = "asyncio") -> RunResult:
@@ -169,4 +170,4 @@ class RunEvents:
         self.result: RunResult | None = None
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        return self._subscription.receive.__aiter__()
+        return self._subscription

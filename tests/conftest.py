@@ -17,3 +17,9 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Runtime tests run on both of anyio's backends."""
+    return str(request.param)

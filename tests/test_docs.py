@@ -38,7 +38,7 @@ def test_readme_first_command_validates_and_graphs(monkeypatch, capsys) -> None:
     first = blocks("sh")[0]
     steps = [shlex.split(step) for step in first.strip().split(" && ")]
     orchestrion = [step[1:] for step in steps if step[0].endswith("orchestrion")]
-    assert [step[0] for step in orchestrion] == ["validate", "graph"]
+    assert [step[0] for step in orchestrion] == ["validate", "graph", "run"]
     for arguments in orchestrion:
         expanded = [str(path) for arg in arguments for path in (sorted(Path().glob(arg)) if "*" in arg else [arg])]
         assert main(expanded) == 0
@@ -48,6 +48,18 @@ def test_readme_first_command_validates_and_graphs(monkeypatch, capsys) -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     second = blocks("sh")[1].strip()
     assert second in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_configuration_block_loads(tmp_path) -> None:
+    from engine import Engine
+
+    (config,) = [block for block in blocks("yaml") if "providers:" in block]
+    path = tmp_path / "orchestrion.yaml"
+    path.write_text(config)
+    engine = Engine.from_file(path)
+    result = engine.run_sync(ROOT / "examples" / "seed_article.json")
+    assert result.outputs["research"] == "a scripted answer"
+    assert result.totals.cost_usd > 0
 
 
 def test_readme_workflow_block_validates(tmp_path) -> None:

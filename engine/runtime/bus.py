@@ -27,8 +27,24 @@ class Subscription:
         self.receive: MemoryObjectReceiveStream[Event]
         self._send, self.receive = anyio.create_memory_object_stream[Event](buffer)
         self.dropped = 0
+        self.run_id = ""
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        """The next event; after the last, an EventsDropped if the tail was dropped."""
+        try:
+            return await self.receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if not self.dropped:
+                raise StopAsyncIteration from None
+            notice = EventsDropped(run_id=self.run_id, time=time.time(), count=self.dropped)
+            self.dropped = 0
+            return notice
 
     def offer(self, event: Event) -> None:
+        self.run_id = event.run_id
         if self.dropped:
             notice = EventsDropped(run_id=event.run_id, time=time.time(), count=self.dropped)
             if not self._try_send(notice):

@@ -1,0 +1,113 @@
+"""`orchestrion run` and the engine configuration file with the fake provider."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import ConfigError, Engine
+from engine.cli import main
+from engine.config import load_config
+from tests.conftest import ROOT
+
+EXAMPLES = {
+    "templates/research_report.yaml": ["-i", "topic=solar"],
+    "examples/critique_loop.yaml": ["-i", "brief=a haiku"],
+    "examples/fan_out.yaml": ["-i", "subject=tea"],
+    "examples/seed_article.json": [],
+}
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES))
+def test_every_example_runs_end_to_end_on_the_fake_model(path: str, capsys) -> None:
+    assert main(["run", str(ROOT / path), "--dry-run", "--json", *EXAMPLES[path]]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "succeeded" and result["outputs"]
+
+
+def test_run_prints_outputs_and_plain_progress(capsys) -> None:
+    assert main(["run", str(ROOT / "examples/seed_article.json"), "--dry-run", "-i", "topic=wind"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("research: [thinking_ai] Research wind\narticle: [thinking_ai] Write an article")
+    progress = captured.err.splitlines()
+    assert any("started  research (thinking_ai)" in line for line in progress)
+    assert "run succeeded" in progress[-1]
+
+
+def test_inputs_are_typed_by_the_declared_schema(tmp_path, capsys) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("dsl: orchestrion/v1\nname: f\ninputs:\n  n: {type: integer}\n  s: {type: string}\n"
+                    "stages:\n  - type: inline\n    tasks:\n"
+                    "      - {id: a, model: fast_ai, prompt: '{{ n + 1 }} {{ s }}'}\n")
+    assert main(["run", str(flow), "--dry-run", "-q", "-i", "n=41", "-i", "s=007"]) == 0
+    assert capsys.readouterr().out == "a: [fast_ai] 42 007\n"
+
+
+def test_inputs_file_and_bad_inputs(tmp_path, capsys) -> None:
+    inputs = tmp_path / "inputs.yaml"
+    inputs.write_text("topic: hydrogen\n")
+    assert main(["run", str(ROOT / "templates/research_report.yaml"), "--dry-run", "-q",
+                 "--inputs-file", str(inputs)]) == 0
+    assert main(["run", str(ROOT / "templates/research_report.yaml"), "--dry-run", "-q"]) == 1
+    assert "missing input 'topic': Subject of the report" in capsys.readouterr().err
+
+
+def test_a_failed_run_exits_1_with_the_error(tmp_path, capsys) -> None:
+    config = tmp_path / "orchestrion.yaml"
+    config.write_text("providers:\n  dry: {kind: fake, echo: false}\ndefault_provider: dry\n")
+    assert main(["run", str(ROOT / "examples/seed_article.json"), "--config", str(config)]) == 1
+    assert "run failed: task 'research'" in capsys.readouterr().err
+
+
+def test_config_file_scripts_answers_and_prices(tmp_path, capsys) -> None:
+    config = tmp_path / "orchestrion.yaml"
+    config.write_text("providers:\n  dry:\n    kind: fake\n    answers: {thinking_ai: [R, A]}\n"
+                      "models:\n  thinking_ai: {provider: dry, input_price: 1000000, output_price: 0}\n")
+    assert main(["run", str(ROOT / "examples/seed_article.json"), "--config", str(config), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["outputs"] == {"research": "R", "article": "A"}
+    assert result["totals"]["cost_usd"] == result["totals"]["input_tokens"] > 0
+
+
+def test_config_errors_name_the_place(tmp_path) -> None:
+    config = tmp_path / "orchestrion.yaml"
+    config.write_text("providers:\n  dry: {kind: fake}\nmodels:\n  fast_ai: {provider: wet}\n")
+    with pytest.raises(ConfigError, match=r"models\.fast_ai\.provider: unknown provider 'wet'"):
+        load_config(config)
+    config.write_text("providers:\n  dry: {kind: fake, latency: soon}\n")
+    with pytest.raises(ConfigError, match=r"orchestrion.yaml:2:\d+: providers.dry.latency"):
+        Engine.from_file(config)
+
+
+def test_without_models_a_prompt_fails_naming_the_alias(capsys) -> None:
+    assert main(["run", str(ROOT / "examples/seed_article.json")]) == 1
+    assert "no model client for the alias 'thinking_ai'" in capsys.readouterr().err
+
+
+def test_live_progress_on_a_terminal() -> None:
+    script = ("import sys, pty, os\n"
+              "pid, fd = pty.fork()\n"
+              "if pid == 0:\n"
+              f"    os.execv(sys.executable, [sys.executable, '-m', 'engine', 'run',"
+              f" '{ROOT}/examples/seed_article.json', '--dry-run'])\n"
+              "out = b''\n"
+              "while True:\n"
+              "    try: chunk = os.read(fd, 4096)\n"
+              "    except OSError: break\n"
+              "    if not chunk: break\n"
+              "    out += chunk\n"
+              "sys.stdout.write(out.decode())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "\x1b[1A\x1b[2K" in result.stdout  # the view redraws in place
+    assert "2 done, 0 running, 0 failed, 0 skipped" in result.stdout
+    assert "✓ research" in result.stdout
+
+
+def test_run_help_is_cheap_to_start() -> None:
+    code = "import sys; from engine.cli import main; print('pydantic' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(ROOT))
+    assert result.stdout.strip() == "False"

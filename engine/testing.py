@@ -2,7 +2,8 @@
 
 - ``FakeModel``: a scriptable, deterministic ModelClient. Per alias it gives
   scripted answers in order (the last one repeats), raises scripted errors,
-  waits a scripted latency, and counts tokens deterministically. Aliases
+  waits a scripted latency, and counts tokens deterministically (or returns a
+  scripted ModelResponse with its own usage). Aliases
   without a script are answered with an echo of the prompt, or, when the
   request asks for JSON, with the simplest value that matches the schema.
 - ``capture_events(engine)``: collects every event the engine emits.
@@ -62,6 +63,8 @@ class FakeModel:
                 answer = await answer
         if isinstance(answer, BaseException):
             raise answer
+        if isinstance(answer, ModelResponse):  # scripted usage, model name or finish reason
+            return answer
         text = answer if isinstance(answer, str) else json.dumps(answer)
         usage = Usage(sum(count_tokens(m.content) for m in request.messages), count_tokens(text))
         return ModelResponse(text, usage, model=f"fake/{request.model}")

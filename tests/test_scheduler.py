@@ -377,3 +377,14 @@ def test_run_sync_on_both_backends() -> None:
     engine = Engine(models=FakeModel())
     for backend in ("asyncio", "trio"):
         assert engine.run_sync(wf(linear(task("a"))), backend=backend).status == "succeeded"  # type: ignore[arg-type]
+
+
+async def test_scripted_responses_carry_their_own_usage() -> None:
+    from engine import ModelResponse, Usage
+
+    scripted = ModelResponse("cached answer", Usage(1000, 10, cached_input_tokens=800), model="big-model")
+    engine = Engine(models=FakeModel({"fast_ai": scripted}), prices={"fast_ai": Price(2.0, 8.0, cached_input=0.5)})
+    result = await engine.run(wf(linear(task("a"))))
+    a = result.tasks["a"]
+    assert (a.output, a.input_tokens, a.output_tokens) == ("cached answer", 1000, 10)
+    assert a.cost_usd == pytest.approx((200 * 2.0 + 800 * 0.5 + 10 * 8.0) / 1e6)

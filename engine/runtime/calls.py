@@ -28,6 +28,7 @@ from engine.runtime.prompting import parse_output, repair_request
 from engine.runtime.results import TaskResult
 
 REPAIR_ATTEMPTS = 2
+_FREE = Price()
 
 
 class ModelCaller:
@@ -43,7 +44,7 @@ class ModelCaller:
         chain = self.policies.models
         for index, alias in enumerate(chain):
             try:
-                return await self._with_retries(_for_model(request, alias))
+                return await self._with_retries(request if alias == request.model else _for_model(request, alias))
             except ModelError as error:
                 if index == len(chain) - 1:
                     error.task_id, error.attempt = self.node.id, self.result.attempts
@@ -53,6 +54,15 @@ class ModelCaller:
         raise AssertionError("the compiler guarantees a model")
 
     async def _with_retries(self, request: ModelRequest) -> Any:
+        # The first attempt runs bare: tenacity's machinery costs about as much as the rest of a
+        # task, and most calls succeed at once. Its failure is replayed into tenacity, so attempt
+        # numbers, waits and the stop rule are exactly tenacity's.
+        try:
+            return await self._answer(request)
+        except ModelError as error:
+            if not error.transient or self.policies.retry is None or self.policies.retry.max_attempts <= 1:
+                raise
+            first_failure: list[ModelError] = [error]
         retrying = AsyncRetrying(
             stop=_stop(self.policies.retry), wait=_wait(self.policies.retry), sleep=self.services.sleep,
             retry=retry_if_exception(lambda error: isinstance(error, ModelError) and error.transient),
@@ -60,6 +70,8 @@ class ModelCaller:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure:
+                    raise first_failure.pop()
                 return await self._answer(request)
         raise AssertionError("tenacity returns or re-raises")
 
@@ -87,14 +99,20 @@ class ModelCaller:
         raise AssertionError("unreachable")
 
     async def _one_call(self, request: ModelRequest) -> ModelResponse:
-        price = self.services.prices.get(request.model, Price())
-        reserved = self.state.budget.reserve(price.cost(estimate_usage(request)), self.node.id)
+        price = self.services.prices.get(request.model, _FREE)
+        # Estimating means encoding the prompt: only worth it when there is a limit to check.
+        estimate = price.cost(estimate_usage(request)) if self.state.budget.limit is not None else 0.0
+        reserved = self.state.budget.reserve(estimate, self.node.id)
         self.result.attempts += 1
         response: ModelResponse | None = None
+        limit = self.services.model_concurrency.get(request.model)
         try:
-            async with self._model_slot(request.model):
-                with anyio.fail_after(self.policies.timeout):
-                    response = await self._request(request)
+            if limit is None and self.policies.timeout is None:  # the common case, without machinery
+                response = await self._request(request)
+            else:
+                async with self._model_slot(request.model, limit):
+                    with anyio.fail_after(self.policies.timeout):
+                        response = await self._request(request)
         except TimeoutError:
             raise ModelError("timeout", f"no answer within {self.policies.timeout} s", model=request.model) from None
         finally:
@@ -108,9 +126,8 @@ class ModelCaller:
         return response
 
     @asynccontextmanager
-    async def _model_slot(self, alias: str) -> AsyncIterator[None]:
+    async def _model_slot(self, alias: str, limit: int | None) -> AsyncIterator[None]:
         """Per-alias concurrency cap, if the engine sets one."""
-        limit = self.services.model_concurrency.get(alias)
         if limit is None:
             yield
             return

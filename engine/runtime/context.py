@@ -67,6 +67,7 @@ class RunState:
     results: dict[NodeId, TaskResult] = field(default_factory=dict)
     stopped_rounds: dict[str, int] = field(default_factory=dict)  # repeat group -> last round to run
     model_limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
+    system_messages: dict[NodeId, str | None] = field(default_factory=dict)  # per node, when not templated
 
     def emit(self, factory: Callable[..., Event], **fields: Any) -> None:
         """Build and send an event, only if anybody listens."""
@@ -86,6 +87,8 @@ class RunState:
         return None
 
     def variables(self, node: Node, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if not node.bindings:
+            return {}
         extra = extra or {}
         return {name: self.value_of(binding, name, node, extra) for name, binding in node.bindings.items()
                 if binding.kind != "item" or name in extra}  # items are bound per item, by for_each

@@ -83,11 +83,23 @@ class _Executor:
         policies, renderer = self.node.policies, self.services.renderer
         assert policies is not None
         schema = self.task.output.schema_ if self.task.output is not None else None
-        system = renderer.render(policies.system, variables) if policies.system else None
-        system = system_message(system, policies.addons, self.services.catalog.addons, schema)
+        system = self._system_message(variables, schema)
         request = build_request(policies.models[0], system, renderer.render(prompt, variables),
                                 temperature=policies.temperature, max_tokens=policies.max_tokens, schema=schema)
         return await ModelCaller(self.services, self.state, self.node, self.result).call(request)
+
+    def _system_message(self, variables: dict[str, Any], schema: Mapping[str, Any] | None) -> str | None:
+        """System prompt, addons and the schema instruction; computed once per node unless templated."""
+        policies = self.node.policies
+        assert policies is not None
+        if self.node.id in self.state.system_messages:
+            return self.state.system_messages[self.node.id]
+        templated = policies.system is not None and "{" in policies.system
+        system = self.services.renderer.render(policies.system, variables) if policies.system else None
+        message = system_message(system, policies.addons, self.services.catalog.addons, schema)
+        if not templated:
+            self.state.system_messages[self.node.id] = message
+        return message
 
     async def _call(self, name: str, variables: dict[str, Any]) -> Any:
         function = self.services.functions[name]

@@ -75,16 +75,23 @@ class _Scheduler:
             status = "failed"  # an output failed to render
         return self._finish(status, started, outputs)
 
-    async def _run_node(self, node: Node) -> None:
+    async def _run_node(self, node: Node | None) -> None:
+        # This task goes on with one ready child and spawns tasks only for the others: a chain
+        # runs in one task, and a fan-out spawns exactly one task per node.
+        while node is not None:
+            await self._settle(node)
+            node = self._release(node) if self.failure is None else None
+            if node is not None:
+                await anyio.lowlevel.checkpoint_if_cancelled()  # a long chain stays cancellable
+
+    async def _settle(self, node: Node) -> None:
         result = self.state.results[node.id]
         try:
             reason = self._skip_reason(node)
         except OrchestrionError as error:  # `when` could not be evaluated
             self._fail(node, result, error)
-            reason = None
-        if result.status == "failed":
-            pass
-        elif reason is not None:
+            return
+        if reason is not None:
             result.status = "skipped"
             self.state.emit(TaskSkipped, task_id=node.id, reason=reason)
         elif node.kind == "until":
@@ -94,15 +101,19 @@ class _Scheduler:
                 await self._execute(node, result)
         else:
             await self._execute(node, result)
-        if self.failure is None:
-            self._release(node)
 
-    def _release(self, node: Node) -> None:
+    def _release(self, node: Node) -> Node | None:
+        """Count down the children; spawn all ready ones but the first, which is returned."""
         assert self.group is not None
+        ready: Node | None = None
         for child in self.plan.dependents[node.id]:
             self.waiting[child] -= 1
             if self.waiting[child] == 0:
-                self.group.start_soon(self._run_node, self.plan.nodes[child])
+                if ready is None:
+                    ready = self.plan.nodes[child]
+                else:
+                    self.group.start_soon(self._run_node, self.plan.nodes[child])
+        return ready
 
     def _skip_reason(self, node: Node) -> str | None:
         stopped = self.state.stopped_rounds.get(node.group or "")

@@ -7,23 +7,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import anyio
-
-from engine.core import Engine
 from engine.errors import ConfigError, InputError
-from engine.runtime.events import (
-    Event,
-    RunFinished,
-    TaskFailed,
-    TaskFellBack,
-    TaskFinished,
-    TaskRetrying,
-    TaskSkipped,
-    TaskStarted,
-)
-from engine.runtime.results import RunResult
+
+if TYPE_CHECKING:  # the runtime is imported when a run starts, not for `orchestrion --help`
+    from engine.core import Engine
+    from engine.runtime.events import Event
+    from engine.runtime.results import RunResult
 
 DEFAULT_CONFIG = Path("orchestrion.yaml")
 
@@ -44,6 +35,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    import anyio
+
     engine = _engine(args)
     workflow = engine.load(args.file)
     inputs = parse_inputs(args.input, args.inputs_file, workflow.inputs)
@@ -57,6 +50,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
+    from engine.core import Engine
+
     if args.dry_run:
         from engine.testing import FakeModel
 
@@ -132,18 +127,18 @@ class Progress:
                 print(f"{time.monotonic() - self.started:7.2f}s {line}", file=self.stream, flush=True)
             return
         now = time.monotonic()
-        if isinstance(event, RunFinished) or now - self.last_draw >= self.interval:
+        if event.type == "run_finished" or now - self.last_draw >= self.interval:
             self._draw()
             self.last_draw = now
 
     def _record(self, event: Event) -> str | None:
-        state = _STATES.get(type(event))
+        state = _STATES.get(event.type)
         if state is not None and event.task_id is not None:
             self.states[event.task_id] = state
-        if isinstance(event, TaskFinished):
-            self.tokens += event.input_tokens + event.output_tokens
-            self.cost += event.cost_usd
-        describe = _LINES.get(type(event))
+        if event.type == "task_finished":
+            self.tokens += event.input_tokens + event.output_tokens  # type: ignore[attr-defined]
+            self.cost += event.cost_usd  # type: ignore[attr-defined]
+        describe = _LINES.get(event.type)
         return describe(event) if describe is not None else None
 
     def _draw(self) -> None:
@@ -160,8 +155,7 @@ class Progress:
 
 
 _SYMBOLS = {"running": "…", "done": "✓", "failed": "✗", "skipped": "-"}
-_STATES: dict[type[Event], str] = {TaskStarted: "running", TaskFinished: "done", TaskFailed: "failed",
-                                   TaskSkipped: "skipped"}
+_STATES = {"task_started": "running", "task_finished": "done", "task_failed": "failed", "task_skipped": "skipped"}
 
 
 def _started(event: Any) -> str:
@@ -194,7 +188,7 @@ def _run_finished(event: Any) -> str:
             f"${event.cost_usd:.4f}")
 
 
-_LINES: dict[type[Event], Any] = {
-    TaskStarted: _started, TaskFinished: _finished, TaskFailed: _failed, TaskSkipped: _skipped,
-    TaskRetrying: _retrying, TaskFellBack: _fell_back, RunFinished: _run_finished,
+_LINES: dict[str, Any] = {
+    "task_started": _started, "task_finished": _finished, "task_failed": _failed, "task_skipped": _skipped,
+    "task_retrying": _retrying, "task_fell_back": _fell_back, "run_finished": _run_finished,
 }

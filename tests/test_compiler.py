@@ -52,7 +52,7 @@ def test_sites_visibility_follows_structure() -> None:
     wf = workflow(linear(task("a"), inline(task("b"), linear(task("c"), task("d")), task("e"))), inline(task("f")))
     sites, problems = collect_sites(wf)
     assert problems == []
-    visible = {site.task.id: sorted(site.visible) for site in sites.sites}
+    visible = {site.task.id: sorted(name for name in "abcdef" if sites.sees(site, name)) for site in sites.sites}
     assert visible == {"a": [], "b": [], "c": ["b"], "d": ["b"], "e": ["b", "c", "d"], "f": list("abcde")}
     predecessors = {site.task.id: sorted(site.predecessors) for site in sites.sites}
     assert predecessors == {"a": [], "b": [], "c": ["b"], "d": ["b"], "e": ["c", "d"], "f": []}

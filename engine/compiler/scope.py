@@ -1,6 +1,6 @@
 """Pass 2: resolve every name a template or expression uses to where it comes from.
 
-A name is an input, a task that finishes before (``visible``), the previous
+A name is an input, a task that finishes before (``Sites.sees``), the previous
 round's output of a task of the same repeated stage, ``loop`` inside a repeated
 stage, or the item of a ``for_each``. Anything else is a problem that says which
 of the usual mistakes it is: a typo, a task defined later, a parallel sibling.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.compiler.sites import RepeatGroup, Site, Sites
+from engine.compiler.sites import RepeatGroup, Site, Sites, precedes
 from engine.dsl.models import Workflow
 from engine.errors import Path, Problem, TemplateError, format_path
 from engine.templating.references import expression_references, template_references
@@ -102,7 +102,7 @@ class _Resolver:
         for name in self._names(path, group.until, "expression"):
             if name == "loop":
                 bindings[name] = NameSource("loop")
-            elif name in members or name in group.visible:
+            elif name in members or (name in self.sites.by_id and precedes(self.sites.by_id[name].trail, group.trail)):
                 bindings[name] = NameSource("task", name)
             elif name in self.inputs:
                 bindings[name] = NameSource("input")
@@ -135,7 +135,7 @@ class _Resolver:
         return sorted({reference.name for reference in found})
 
     def _resolve(self, name: str, site: Site, path: Path) -> NameSource | None:
-        if name in site.visible:
+        if self.sites.sees(site, name):
             return NameSource("task", name)
         if name in self.inputs:
             return NameSource("input")
@@ -150,7 +150,7 @@ class _Resolver:
         elif producer is site:
             self.problems.append(Problem("self-reference", f"task {name!r} refers to its own output", path,
                                          "only a task in a repeated stage can read its previous round"))
-        elif site.task.id in producer.visible:
+        elif precedes(site.trail, producer.trail):
             self.problems.append(Problem(
                 "not-yet-produced", f"{name!r} is produced later (at {_where(producer)}), not before this task",
                 path, "move the task after it, in a later stage or later in an inline stage"))

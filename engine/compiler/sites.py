@@ -1,14 +1,17 @@
-"""Pass 1: flatten nested stages into task sites, with what each can see.
+"""Pass 1: flatten nested stages into task sites, with where each stands.
 
-A site is one task where it stands. Its ``visible`` names are the tasks that
-finish before it by the structure alone (earlier top-level stages, earlier
-items of an inline stage); parallel siblings never see each other. Its
-``predecessors`` are the tasks an inline stage runs just before it.
+A site is one task where it stands. Its ``trail`` is the way down to it:
+for each enclosing stage, whether that stage runs its items in order and the
+index of the item that leads to the task. A task finishes before another by
+the structure alone (``precedes``) when, where their trails part, the stage is
+sequential and the first comes earlier; parallel siblings never precede each
+other. Its ``predecessors`` are the tasks an inline stage runs just before it.
+Trails keep this linear in the number of tasks (sets of visible names per
+task would be quadratic: 3.6 s for 10,000 parallel tasks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.dsl.models import RESERVED_NAMES, Stage, Task, Workflow
@@ -24,7 +27,7 @@ class RepeatGroup:
     path: Path
     max_rounds: int
     until: str | None
-    visible: frozenset[str]  # names produced before the stage
+    trail: Trail  # of the stage itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +36,21 @@ class Site:
     path: Path
     order: int  # position in reading order
     stage: int  # index of the top-level stage
-    visible: frozenset[str]
+    trail: Trail
     predecessors: frozenset[str]
     group: RepeatGroup | None
+
+
+# (does the stage run its items in order?, index of the item) for each enclosing stage
+Trail = tuple[tuple[bool, int], ...]
+
+
+def precedes(first: Trail, second: Trail) -> bool:
+    """Whether what stands at ``first`` finishes before ``second`` starts, by the structure alone."""
+    for (sequential, index), (_, other) in zip(first, second, strict=False):
+        if index != other:
+            return sequential and index < other
+    return False  # the same place, or one inside the other
 
 
 @dataclass(frozen=True)
@@ -44,14 +59,17 @@ class Sites:
     groups: tuple[RepeatGroup, ...]
     by_id: dict[str, Site]
 
+    def sees(self, site: Site, name: str) -> bool:
+        """Whether task ``name`` has finished, by the structure, when ``site`` starts."""
+        producer = self.by_id.get(name)
+        return producer is not None and precedes(producer.trail, site.trail)
+
 
 def collect_sites(workflow: Workflow) -> tuple[Sites, list[Problem]]:
     walker = _Walker(workflow)
-    visible: frozenset[str] = frozenset()
     for index, stage in enumerate(workflow.stages):
         walker.stage = index
-        produced, _ = walker.walk_stage(stage, ("stages", index), visible, frozenset(), None)
-        visible |= produced
+        walker.walk_stage(stage, ("stages", index), ((True, index),), frozenset(), None)
     by_id: dict[str, Site] = {}
     for site in walker.sites:
         by_id.setdefault(site.task.id, site)
@@ -69,10 +87,9 @@ class _Walker:
         self.stage = 0
 
     def walk_stage(
-        self, stage: Stage, path: Path, visible: frozenset[str], entry: frozenset[str],
-        group: RepeatGroup | None,
-    ) -> tuple[frozenset[str], frozenset[str]]:
-        """Returns the names the stage produces and the tasks it ends with."""
+        self, stage: Stage, path: Path, trail: Trail, entry: frozenset[str], group: RepeatGroup | None,
+    ) -> frozenset[str]:
+        """Returns the tasks the stage ends with."""
         if stage.repeat is not None:
             if group is not None:
                 self.problems.append(Problem(
@@ -81,45 +98,28 @@ class _Walker:
             else:
                 label = stage.name if stage.name and stage.name not in self.labels else _label(path)
                 self.labels.add(label)
-                group = RepeatGroup(label, path, stage.repeat.max_rounds, stage.repeat.until, visible)
+                group = RepeatGroup(label, path, stage.repeat.max_rounds, stage.repeat.until, trail)
                 self.groups.append(group)
-        items = [(item, (*path, "tasks", index)) for index, item in enumerate(stage.tasks)]
-        if stage.type == "inline":
-            return self._walk_inline(items, visible, entry, group)
-        return self._walk_linear(items, visible, entry, group)
-
-    def _walk_inline(
-        self, items: Sequence[tuple[Task | Stage, Path]], visible: frozenset[str], entry: frozenset[str],
-        group: RepeatGroup | None,
-    ) -> tuple[frozenset[str], frozenset[str]]:
-        produced: frozenset[str] = frozenset()
+        sequential = stage.type == "inline"
         predecessors = entry
-        for item, path in items:
-            made, predecessors = self._walk_item(item, path, visible | produced, predecessors, group)
-            produced |= made
-        return produced, predecessors
-
-    def _walk_linear(
-        self, items: Sequence[tuple[Task | Stage, Path]], visible: frozenset[str], entry: frozenset[str],
-        group: RepeatGroup | None,
-    ) -> tuple[frozenset[str], frozenset[str]]:
-        produced: frozenset[str] = frozenset()
-        exits: frozenset[str] = frozenset()
-        for item, path in items:
-            made, ends = self._walk_item(item, path, visible, entry, group)
-            produced, exits = produced | made, exits | ends
-        return produced, exits
+        exits: set[str] = set()
+        for index, item in enumerate(stage.tasks):
+            where, item_trail = (*path, "tasks", index), (*trail, (sequential, index))
+            if sequential:
+                predecessors = self._walk_item(item, where, item_trail, predecessors, group)
+            else:
+                exits |= self._walk_item(item, where, item_trail, entry, group)
+        return predecessors if sequential else frozenset(exits)
 
     def _walk_item(
-        self, item: Task | Stage, path: Path, visible: frozenset[str], entry: frozenset[str],
-        group: RepeatGroup | None,
-    ) -> tuple[frozenset[str], frozenset[str]]:
+        self, item: Task | Stage, path: Path, trail: Trail, entry: frozenset[str], group: RepeatGroup | None,
+    ) -> frozenset[str]:
         if isinstance(item, Stage):
-            return self.walk_stage(item, path, visible, entry, group)
+            return self.walk_stage(item, path, trail, entry, group)
         if not self._check_id(item, path):
-            return frozenset(), entry
-        self.sites.append(Site(item, path, len(self.sites), self.stage, visible, entry, group))
-        return frozenset({item.id}), frozenset({item.id})
+            return entry
+        self.sites.append(Site(item, path, len(self.sites), self.stage, trail, entry, group))
+        return frozenset({item.id})
 
     def _check_id(self, task: Task, path: Path) -> bool:
         """False for a duplicate: it is reported and left out of the later passes."""

@@ -1,30 +1,54 @@
 """The engine's configuration file (``orchestrion.yaml``), as pydantic models.
 
-    providers:                  # named model services
-      dry: {kind: fake}         # answered by FakeModel: scripted answers or an echo
-    models:                     # alias -> provider, model name, window, prices
-      fast_ai: {provider: dry, model: echo, context_window: 8192,
-                input_price: 0.15, output_price: 0.60}
-    default_provider: dry       # answers every alias not listed under models
+    providers:                          # named model services
+      openrouter: {kind: openai, base_url: https://openrouter.ai/api/v1,
+                   api_key: "${OPENROUTER_API_KEY}", rpm: 60, tpm: 200000}
+      claude: {kind: anthropic, api_key: "${ANTHROPIC_API_KEY}"}
+      google: {kind: gemini, api_key: "${GEMINI_API_KEY}"}
+      local: {kind: llama_cpp}          # the embedded Gemma 3 270M model
+      dry: {kind: fake}                 # FakeModel: scripted answers or an echo
+    models:                             # alias -> provider, model name, window, prices
+      fast_ai: {provider: openrouter, model: openai/gpt-4o-mini, context_window: 128000,
+                input_price: 0.15, output_price: 0.60, cached_input_price: 0.075, tokenizer: o200k_base}
+    default_provider: local             # answers every alias not listed under models
+    gates:                              # by the rendered request's tokens, first match from the top
+      - {above: 900000, deny: true}
+      - {above: 200000, use: gemini_pro}
+      - {above: 100000, use: thinking_ai}
+    retry: {attempts: {rate_limit: 6, server_error: 4, timeout: 3, connection: 4}, retry_after_max: 60}
+    breaker: {failures: 5, reset_timeout: 60, storage: "redis://127.0.0.1:6379/0"}
     model_concurrency: {fast_ai: 4}
 
-Only the ``fake`` provider kind exists so far; the HTTP providers and the
-embedded local model plug into the same ``kind`` field.
+``${NAME}`` is replaced by the environment variable NAME; a missing one is an
+error naming it. Keys are SecretStr: they never appear in a repr, a log line,
+an event, a result or an error.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from engine.dsl.models import StrictModel
 from engine.dsl.source import parse_document
-from engine.errors import ConfigError, WorkflowError
+from engine.errors import ConfigError, WorkflowError, format_path
+from engine.errors import Path as DataPath
+
+_PROVIDER_KINDS = frozenset({"fake", "openai", "anthropic", "gemini", "llama_cpp"})
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class FakeProviderConfig(StrictModel):
+class _Provider(StrictModel):
+    rpm: int | None = Field(None, ge=1, description="Requests per minute; calls wait when the limit is near.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute; calls wait when the limit is near.")
+
+
+class FakeProviderConfig(_Provider):
     """Answers from ``engine.testing.FakeModel``: scripted per alias, else an echo."""
 
     kind: Literal["fake"] = Field(description="Provider kind.")
@@ -34,27 +58,94 @@ class FakeProviderConfig(StrictModel):
     echo: bool = Field(True, description="Echo the prompt for aliases without answers.")
 
 
+class HttpProviderConfig(_Provider):
+    """A model service over HTTP: any OpenAI-compatible API, Anthropic's Messages API, or Gemini."""
+
+    kind: Literal["openai", "anthropic", "gemini"] = Field(description="Which wire format the service speaks.")
+    base_url: str | None = Field(None, description="The API's root URL (default: the vendor's public one).")
+    api_key: SecretStr | None = Field(None, description='The key, usually "${ENV_VAR}"; never logged.')
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request.")
+    timeout: float = Field(600.0, gt=0, description="Seconds before an HTTP request gives up (read timeout).")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to establish a connection.")
+    max_connections: int = Field(32, ge=1, description="Connections the provider's HTTP client may open.")
+
+
+class LlamaCppProviderConfig(_Provider):
+    """A GGUF model run in process by llama.cpp (``orchestrion[local]``)."""
+
+    kind: Literal["llama_cpp"] = Field(description="Provider kind.")
+    model_path: str | None = Field(None, description="A .gguf file (default: the packaged Gemma 3 270M).")
+    n_ctx: int = Field(8192, ge=256, description="Context window the model is loaded with, in tokens.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice).")
+    seed: int = Field(0, description="Sampling seed, for repeatable answers.")
+
+
+ProviderConfig = Annotated[
+    FakeProviderConfig | HttpProviderConfig | LlamaCppProviderConfig, Field(discriminator="kind")
+]
+
+
 class ModelConfig(StrictModel):
     """One model alias."""
 
     provider: str = Field(description="Name of a provider under `providers`.")
     model: str | None = Field(None, description="The provider's name for the model (default: the alias).")
-    context_window: int | None = Field(None, ge=1, description="Tokens the model accepts.")
+    context_window: int | None = Field(None, ge=1, description="Tokens the model accepts, prompt and answer.")
     input_price: float = Field(0.0, ge=0, description="US dollars per million input tokens.")
     output_price: float = Field(0.0, ge=0, description="US dollars per million output tokens.")
     cached_input_price: float | None = Field(None, ge=0, description="Dollars per million cached input tokens.")
+    tokenizer: Literal["cl100k_base", "o200k_base"] | None = Field(
+        None, description="tiktoken vocabulary for counting tokens (OpenAI-family models).")
+
+
+class GateRule(StrictModel):
+    """Above ``above`` tokens, send the call to ``use``, or deny it."""
+
+    above: int = Field(ge=0, description="Token count of the rendered request this rule starts above.")
+    use: str | None = Field(None, description="Alias that takes the call instead.")
+    deny: bool = Field(False, description="Refuse the call, before anything is spent.")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> GateRule:
+        if (self.use is None) == (not self.deny):
+            raise ValueError("a gate either `use`s another alias or `deny`s, not both or neither")
+        return self
+
+
+TransientKind = Literal["rate_limit", "server_error", "timeout", "connection"]
+DEFAULT_ATTEMPTS: dict[TransientKind, int] = {"rate_limit": 6, "server_error": 4, "timeout": 3, "connection": 4}
+
+
+class RetryConfig(StrictModel):
+    """Engine-wide retry rules; a task's own `retry` still caps its attempts."""
+
+    attempts: dict[TransientKind, int] = Field(
+        default_factory=lambda: dict(DEFAULT_ATTEMPTS),
+        description="Attempts at most for each class of transient error.")
+    retry_after_max: float = Field(60.0, ge=0, description="Longest `Retry-After` honoured, in seconds.")
+
+
+class BreakerConfig(StrictModel):
+    """Circuit breakers, one per model endpoint."""
+
+    failures: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
+    reset_timeout: float = Field(60.0, gt=0, description="Seconds open before one trial call is let through.")
+    storage: str | None = Field(None, description="`redis://host:port/db` to share breaker state across processes.")
 
 
 class EngineConfig(StrictModel):
-    """An engine's providers, model aliases and limits."""
+    """An engine's providers, model aliases, gates and resilience settings."""
 
-    providers: dict[str, FakeProviderConfig] = Field(default_factory=dict, description="Model services by name.")
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict, description="Model services by name.")
     models: dict[str, ModelConfig] = Field(default_factory=dict, description="Model aliases.")
     default_provider: str | None = Field(None, description="Provider for aliases not under `models`.")
+    gates: list[GateRule] = Field(default_factory=list, description="Token gates, checked from the top.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry rules.")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker rules.")
     model_concurrency: dict[str, int] = Field(default_factory=dict, description="Calls at once per alias.")
 
     @model_validator(mode="after")
-    def _providers_exist(self) -> EngineConfig:
+    def _names_exist(self) -> EngineConfig:
         named = {f"models.{alias}.provider": model.provider for alias, model in self.models.items()}
         if self.default_provider is not None:
             named["default_provider"] = self.default_provider
@@ -62,10 +153,13 @@ class EngineConfig(StrictModel):
             if provider not in self.providers:
                 known = ", ".join(self.providers) or "none"
                 raise ValueError(f"{where}: unknown provider {provider!r} (providers: {known})")
+        for index, gate in enumerate(self.gates):
+            if gate.use is not None and gate.use not in self.models and self.default_provider is None:
+                raise ValueError(f"gates[{index}].use: unknown model alias {gate.use!r}")
         return self
 
 
-def load_config(path: str | Path) -> EngineConfig:
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> EngineConfig:
     """Read and validate an engine configuration file; ConfigError says what and where."""
     path = Path(path)
     try:
@@ -74,11 +168,35 @@ def load_config(path: str | Path) -> EngineConfig:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     except WorkflowError as exc:
         raise ConfigError(str(exc.problems[0])) from None
+    environ = os.environ if environ is None else environ
+    data = _substitute(document.data, (), environ, lambda where: str(document.source.locate(where)))
     try:
-        return EngineConfig.model_validate(document.data)
+        return EngineConfig.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            where = document.source.locate(tuple(error["loc"]))
-            lines.append(f"{where}: {'.'.join(map(str, error['loc'])) or '<config>'}: {error['msg']}")
+            loc = tuple(error["loc"])
+            if loc[:1] == ("providers",) and len(loc) > 2 and loc[2] in _PROVIDER_KINDS:
+                loc = loc[:2] + loc[3:]  # the union's tag is not part of the document
+            where = document.source.locate(loc)
+            message = error["msg"].removeprefix("Value error, ")  # values are never echoed: they may be keys
+            lines.append(f"{where}: {format_path(loc)}: {message}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def _substitute(value: Any, path: DataPath, environ: Mapping[str, str], locate: Any) -> Any:
+    """Replace ``${NAME}`` in every string by the environment variable NAME."""
+    if isinstance(value, dict):
+        return {key: _substitute(item, (*path, key), environ, locate) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, (*path, index), environ, locate) for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(f"{locate(path)}: {format_path(path)}: the environment variable {name} is not set")
+        return environ[name]
+
+    return _ENV_REFERENCE.sub(lookup, value)

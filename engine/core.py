@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -27,6 +27,7 @@ from engine.compiler import Plan, compile_workflow
 from engine.dsl.loader import WorkflowSource, load_workflow
 from engine.dsl.models import Workflow
 from engine.errors import ConfigError
+from engine.resilience.ratelimit import RateLimiter
 from engine.runtime.budget import Price
 from engine.runtime.bus import EventBus, Listener, Subscription
 from engine.runtime.context import Services, Sleep
@@ -37,12 +38,16 @@ from engine.runtime.results import RunResult
 from engine.runtime.scheduler import run_plan
 from engine.templating import RenderLimits, TemplateRenderer
 
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+
 
 class Engine:
     """Runs workflows. ``models`` is one client for every alias, or a client per alias."""
 
     def __init__(
         self,
+        config: EngineConfig | None = None,
         *,
         models: ModelClient | Mapping[str, ModelClient] | None = None,
         functions: Mapping[str, Callable[..., Any]] | None = None,
@@ -55,34 +60,58 @@ class Engine:
         stream_tokens: bool = True,
         event_buffer: int = 1024,
     ) -> None:
-        clients = dict(models) if isinstance(models, Mapping) else {}
+        """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
+        reads one); ``models`` gives clients directly (one for every alias, or one per alias).
+        With neither, every alias runs on the embedded local model (``orchestrion[local]``)."""
+        from engine.config import EngineConfig, LlamaCppProviderConfig
+        from engine.providers import build_clients
+        from engine.resilience.breaker import Breakers
+        from engine.resilience.gates import Gatekeeper
+
+        if config is None:
+            config = EngineConfig() if models is not None else EngineConfig(
+                providers={"local": LlamaCppProviderConfig(kind="llama_cpp")}, default_provider="local")
+        self.config = config
         self.functions = dict(functions or {})
+        aliases = set(Catalog().models) | set(config.models)
+        if isinstance(models, Mapping):
+            clients: dict[str, ModelClient] = {**build_clients(config, aliases), **models}
+        else:
+            clients = build_clients(config, aliases) if models is None else {}
         self.catalog = Catalog.default(addon_dirs, template_dirs, models=clients, functions=self.functions)
         self.event_buffer = event_buffer
         self._listeners: list[Listener] = []
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
+        self._breakers = Breakers(config.breaker)
         self._services = Services(
             clients=clients, default_client=None if isinstance(models, Mapping) else models,
             functions=self.functions, renderer=TemplateRenderer(render_limits or RenderLimits()),
-            catalog=self.catalog, prices=dict(prices or {}), model_concurrency=dict(model_concurrency or {}),
+            catalog=self.catalog, prices={**_prices(config), **(prices or {})},
+            model_concurrency={**config.model_concurrency, **(model_concurrency or {})},
             compile=self.compile, load_template=self._load_template, sleep=sleep, stream_tokens=stream_tokens,
+            breakers=self._breakers,
+            gatekeeper=Gatekeeper(config.gates, {alias: m.context_window for alias, m in config.models.items()}),
+            tokenizers={alias: m.tokenizer for alias, m in config.models.items()},
+            rate_limiters=_rate_limiters(config), retry=config.retry,
         )
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> Engine:
+    def from_file(cls, path: str | Path, **options: Any) -> Engine:
         """An engine built from an ``orchestrion.yaml`` configuration file."""
         from engine.config import load_config
-        from engine.testing import FakeModel
 
-        config = load_config(path)
-        providers = {name: FakeModel(p.answers, echo=p.echo, latency=p.latency) for name, p in config.providers.items()}
-        models: dict[str, ModelClient] = {alias: providers[m.provider] for alias, m in config.models.items()}
-        prices = {alias: Price(m.input_price, m.output_price, m.cached_input_price)
-                  for alias, m in config.models.items()}
-        if config.default_provider is not None:
-            default = providers[config.default_provider]
-            models = {alias: models.get(alias, default) for alias in {*Catalog().models, *models}}
-        return cls(models=models, prices=prices, model_concurrency=config.model_concurrency, **overrides)
+        return cls(load_config(path), **options)
+
+    def health(self) -> dict[str, Any]:
+        """The circuit breakers' states, per model alias that has been called."""
+        return {"breakers": self._breakers.health()}
+
+    async def aclose(self) -> None:
+        """Close the providers' HTTP connections."""
+        for client in {id(c): c for c in self._services.clients.values()}.values():
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every event of every run (it must not block)."""
@@ -160,6 +189,19 @@ class Engine:
         if reference not in self.catalog.templates:
             raise ConfigError(f"unknown template {reference!r}")
         return load_workflow(self.catalog.templates[reference])
+
+
+def _prices(config: EngineConfig) -> dict[str, Price]:
+    return {alias: Price(m.input_price, m.output_price, m.cached_input_price) for alias, m in config.models.items()}
+
+
+def _rate_limiters(config: EngineConfig) -> dict[str, RateLimiter]:
+    """One limiter per provider with limits, shared by every alias it serves."""
+    limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
+    routes = {alias: model.provider for alias, model in config.models.items()}
+    if config.default_provider is not None:
+        routes |= {alias: config.default_provider for alias in Catalog().models if alias not in routes}
+    return {alias: limiters[name] for alias, name in routes.items() if name in limiters}
 
 
 class RunEvents:

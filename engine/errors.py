@@ -134,11 +134,12 @@ ErrorKind = Literal[
     "rate_limit", "server_error", "timeout", "connection",  # transient: retried
     "auth", "bad_request", "not_found",  # persistent: next model of the chain
     "context_length",  # resource: a model with a larger context
+    "breaker_open",  # the endpoint's circuit breaker is open: the next model, at once
     "invalid_output",  # logical: repaired with the error fed back
     "budget", "denied", "function", "cancelled", "unknown",
 ]
 TRANSIENT_KINDS: frozenset[str] = frozenset({"rate_limit", "server_error", "timeout", "connection"})
-PERSISTENT_KINDS: frozenset[str] = frozenset({"auth", "bad_request", "not_found", "context_length"})
+PERSISTENT_KINDS: frozenset[str] = frozenset({"auth", "bad_request", "not_found", "context_length", "breaker_open"})
 
 
 class TaskError(OrchestrionError):

@@ -83,9 +83,10 @@ def test_config_errors_name_the_place(tmp_path) -> None:
         Engine.from_file(config)
 
 
-def test_without_models_a_prompt_fails_naming_the_alias(capsys) -> None:
+def test_without_the_local_extra_the_error_names_the_install_command(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
     assert main(["run", str(ROOT / "examples/seed_article.json")]) == 1
-    assert "no model client for the alias 'thinking_ai'" in capsys.readouterr().err
+    assert "pip install 'orchestrion[local]'" in capsys.readouterr().err
 
 
 def test_live_progress_on_a_terminal() -> None:

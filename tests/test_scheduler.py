@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from engine import Engine, InputError, ModelError, ModelRequest, Price, RunResult
+from engine.config import BreakerConfig, EngineConfig
 from engine.testing import FakeModel, capture_events
 
 pytestmark = pytest.mark.anyio
@@ -128,7 +129,8 @@ async def test_transient_errors_are_retried_with_capped_backoff() -> None:
         sleeps.append(seconds)
 
     retry = {"max_attempts": 6, "initial_delay": 1, "backoff": 2, "max_delay": 3}
-    result = await Engine(models=FakeModel({"fast_ai": errors}), sleep=fake_sleep).run(
+    patient = EngineConfig(breaker=BreakerConfig(failures=10))  # five failures would open the default breaker
+    result = await Engine(patient, models=FakeModel({"fast_ai": errors}), sleep=fake_sleep).run(
         wf(linear(task("a", retry=retry))))
     assert result.tasks["a"].output == "done" and result.tasks["a"].attempts == 6
     assert len(sleeps) == 5 and all(0 <= delay <= 3 for delay in sleeps)

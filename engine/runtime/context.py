@@ -15,8 +15,12 @@ import anyio
 
 from engine.catalog import Catalog
 from engine.compiler.plan import Binding, Node, NodeId, Plan
+from engine.config import RetryConfig
 from engine.dsl.models import Workflow
 from engine.errors import ConfigError
+from engine.resilience.breaker import Breakers
+from engine.resilience.gates import Gatekeeper
+from engine.resilience.ratelimit import RateLimiter
 from engine.runtime.budget import Budget, Price
 from engine.runtime.bus import EventBus
 from engine.runtime.events import Event
@@ -43,6 +47,11 @@ class Services:
     sleep: Sleep = anyio.sleep
     stream_tokens: bool = True
     max_depth: int = 8
+    breakers: Breakers | None = None
+    gatekeeper: Gatekeeper | None = None
+    tokenizers: Mapping[str, str | None] = field(default_factory=dict)
+    rate_limiters: Mapping[str, RateLimiter] = field(default_factory=dict)
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     def client(self, alias: str) -> ModelClient:
         client = self.clients.get(alias, self.default_client)

@@ -1,0 +1,149 @@
+"""What the HTTP providers share: one pooled httpx client each, and the one
+place where HTTP failures become the engine's error classes.
+
+    429, 529                       rate_limit      (Retry-After read, seconds or HTTP date)
+    500, 502, 503, 504, bad JSON   server_error
+    408, read/connect timeouts     timeout
+    connection refused/reset/cut   connection
+    401, 403                       auth
+    404                            not_found
+    400, 413, 422                  bad_request, or context_length when the message says so
+
+Error messages carry the status and the provider's message, never request
+headers (where the key is).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import anyio
+import httpx
+
+from engine.errors import ErrorKind, ModelError
+
+_CONTEXT_MARKERS = ("context_length", "context length", "maximum context", "too many tokens", "prompt is too long",
+                    "exceeds the maximum number of tokens", "input token count")
+_STATUS_KINDS: dict[int, ErrorKind] = {
+    401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 429: "rate_limit", 529: "rate_limit",
+    400: "bad_request", 413: "bad_request", 422: "bad_request",
+}
+
+
+def error_from_response(response: httpx.Response, body: bytes, model: str) -> ModelError:
+    """The ModelError for an HTTP error response."""
+    message = _provider_message(body) or response.reason_phrase
+    kind = _STATUS_KINDS.get(response.status_code, "server_error" if response.status_code >= 500 else "bad_request")
+    if kind == "bad_request" and any(marker in message.lower() for marker in _CONTEXT_MARKERS):
+        kind = "context_length"
+    retry_after = retry_after_seconds(response.headers.get("retry-after")) if kind == "rate_limit" else None
+    return ModelError(kind, f"HTTP {response.status_code} from {model}: {message}"[:500], model=model,
+                      retry_after=retry_after)
+
+
+def error_from_exception(error: Exception, model: str) -> ModelError:
+    """The ModelError for a transport failure (no HTTP response, or a broken one)."""
+    if isinstance(error, httpx.TimeoutException):
+        return ModelError("timeout", f"{model} did not answer in time ({type(error).__name__})", model=model)
+    if isinstance(error, httpx.TransportError | anyio.BrokenResourceError | anyio.EndOfStream):
+        return ModelError("connection", f"connection to {model} failed: {type(error).__name__}", model=model)
+    if isinstance(error, json.JSONDecodeError | KeyError | IndexError | TypeError | ValueError):
+        return ModelError("server_error", f"{model} sent a malformed answer: {type(error).__name__}: {error}"[:300],
+                          model=model)
+    raise error
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(moment.timestamp() - time.time(), 0.0)
+
+
+def _provider_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace").strip()
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("status") or error)
+    return str(error)
+
+
+class HttpClientPool:
+    """One pooled ``httpx.AsyncClient`` per event loop (an engine may be used from several ``anyio.run``)."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float, connect_timeout: float,
+                 max_connections: int) -> None:
+        self._options: dict[str, Any] = {
+            "base_url": base_url, "headers": dict(headers),
+            "timeout": httpx.Timeout(timeout, connect=connect_timeout),
+            "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        }
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    def client(self) -> httpx.AsyncClient:
+        loop = id(anyio.lowlevel.current_token().native_token)
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._clients[loop] = httpx.AsyncClient(**self._options)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any], model: str) -> Any:
+    """POST a JSON body; the decoded JSON answer, or a ModelError."""
+    try:
+        response = await pool.client().post(path, json=body)
+        content = await response.aread()
+        if response.status_code >= 400:
+            raise error_from_response(response, content, model)
+        return json.loads(content)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise error_from_exception(error, model) from None
+
+
+async def post_sse(
+    pool: HttpClientPool, path: str, body: Mapping[str, Any], model: str, *, done_marker: bool = False,
+) -> AsyncGenerator[Any, None]:
+    """POST and read a server-sent event stream: each ``data:`` payload decoded as JSON.
+
+    With ``done_marker`` (OpenAI's ``data: [DONE]``), a stream that ends without it was cut: a
+    ``connection`` error, so the call is retried rather than a partial answer taken as whole.
+    """
+    try:
+        async with pool.client().stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                raise error_from_response(response, await response.aread(), model)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                yield json.loads(payload)
+            if done_marker:
+                raise ModelError("connection", f"the stream from {model} ended before its end marker", model=model)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise error_from_exception(error, model) from None

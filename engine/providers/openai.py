@@ -1,0 +1,87 @@
+"""Any OpenAI-compatible chat completions API: OpenAI, OpenRouter, Ollama, vLLM, llama.cpp server.
+
+Structured output goes through ``response_format`` (``json_schema``); streams
+are server-sent events with ``stream_options.include_usage`` so usage arrives
+in the last chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from engine.config import HttpProviderConfig
+from engine.errors import ModelError
+from engine.providers.http import HttpClientPool, post_json, post_sse
+from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
+        self.name = name
+        self.models = dict(models)
+        headers = dict(config.headers)
+        if config.api_key is not None:
+            headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        self.pool = HttpClientPool(config.base_url or DEFAULT_BASE_URL, headers, config.timeout,
+                                   config.connect_timeout, config.max_connections)
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider({self.name!r})"  # never the headers: they hold the key
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        model = self.models.get(request.model, request.model)
+        data = await post_json(self.pool, "/chat/completions", self._body(request, model, stream=False), model)
+        try:
+            choice = data["choices"][0]
+            return ModelResponse(choice["message"].get("content") or "", _usage(data.get("usage")),
+                                 data.get("model", model), choice.get("finish_reason") or "stop")
+        except (KeyError, IndexError, TypeError, AttributeError) as error:
+            message = f"{model} sent an answer without choices: {error!r}"
+            raise ModelError("server_error", message, model=model) from None
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
+        model = self.models.get(request.model, request.model)
+        pieces: list[str] = []
+        usage, finish, answered_by = Usage(), "stop", model
+        body = self._body(request, model, stream=True)
+        async for chunk in post_sse(self.pool, "/chat/completions", body, model, done_marker=True):
+            if chunk.get("usage"):
+                usage = _usage(chunk["usage"])
+            answered_by = chunk.get("model", answered_by)
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    pieces.append(text)
+                    yield TextDelta(text)
+                finish = choice.get("finish_reason") or finish
+        yield ModelResponse("".join(pieces), usage, answered_by, finish)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    def _body(self, request: ModelRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": message.role, "content": message.content} for message in request.messages],
+            "stream": stream,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.output_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": dict(request.output_schema)}}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+
+def _usage(data: Any) -> Usage:
+    if not isinstance(data, dict):
+        return Usage()
+    cached = (data.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0), int(cached))

@@ -1,0 +1,1 @@
+"""What keeps model calls alive: retries, circuit breakers, token gates, rate limits."""

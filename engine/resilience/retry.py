@@ -1,0 +1,67 @@
+"""tenacity strategies for model calls.
+
+- ``wait``: full jitter (a random delay between 0 and ``initial * backoff**n``,
+  capped at ``max_delay`` after the jitter), unless the error carries a
+  ``Retry-After``, which is honoured but clamped to ``retry_after_max``.
+- ``stop``: the task's ``max_attempts``; the engine's attempts per error class
+  (counted per class over the task's attempts); and the task's total retry time
+  budget ``max_elapsed``, measured as the larger of the real time since the
+  first attempt and the time slept (so a fake ``sleep`` in tests counts too).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
+
+from engine.compiler.plan import RetrySpec
+from engine.errors import ModelError
+
+
+class ModelWait(wait_base):
+    def __init__(self, spec: RetrySpec, retry_after_max: float) -> None:
+        if spec.jitter == "full":
+            self.backoff: wait_base = wait_random_exponential(
+                multiplier=spec.initial_delay, max=spec.max_delay, exp_base=spec.backoff)
+        else:
+            self.backoff = wait_exponential(multiplier=spec.initial_delay, max=spec.max_delay, exp_base=spec.backoff)
+        self.retry_after_max = retry_after_max
+        self.max_elapsed = spec.max_elapsed
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, ModelError) and error.retry_after is not None:
+            delay = min(error.retry_after, self.retry_after_max)
+        else:
+            delay = self.backoff(retry_state)
+        if self.max_elapsed is not None:  # never sleep past the task's retry budget
+            delay = min(delay, max(self.max_elapsed - elapsed(retry_state), 0.0))
+        return delay
+
+
+class ModelStop(stop_base):
+    def __init__(self, spec: RetrySpec, attempts_per_kind: Mapping[Any, int]) -> None:
+        self.max_attempts = spec.max_attempts
+        self.max_elapsed = spec.max_elapsed
+        self.attempts_per_kind = attempts_per_kind
+        self.seen: Counter[str] = Counter()
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        kind = error.kind if isinstance(error, ModelError) else "unknown"
+        self.seen[kind] += 1
+        if retry_state.attempt_number >= self.max_attempts:
+            return True
+        if self.seen[kind] >= self.attempts_per_kind.get(kind, self.max_attempts):
+            return True
+        return self.max_elapsed is not None and elapsed(retry_state) >= self.max_elapsed
+
+
+def elapsed(retry_state: RetryCallState) -> float:
+    """Time spent on the task's attempts so far: real time, or time slept if more (fake sleeps)."""
+    return max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)

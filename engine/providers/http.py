@@ -19,6 +19,7 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -83,6 +84,12 @@ def _provider_message(body: bytes) -> str:
     return str(error)
 
 
+def _data(line: bytes) -> str | None:
+    """The payload of an SSE ``data:`` line, else None."""
+    text = line.decode("utf-8").rstrip("\r")
+    return text[5:].strip() if text.startswith("data:") else None
+
+
 class HttpClientPool:
     """One pooled ``httpx.AsyncClient`` per event loop (an engine may be used from several ``anyio.run``)."""
 
@@ -90,7 +97,8 @@ class HttpClientPool:
                  max_connections: int) -> None:
         self._options: dict[str, Any] = {
             "base_url": base_url, "headers": dict(headers),
-            "timeout": httpx.Timeout(timeout, connect=connect_timeout),
+            # No pool timeout: waiting for a free connection is queueing, not a fault of the provider.
+            "timeout": httpx.Timeout(timeout, connect=connect_timeout, pool=None),
             "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         }
         self._clients: dict[int, httpx.AsyncClient] = {}
@@ -131,16 +139,23 @@ async def post_sse(
     ``connection`` error, so the call is retried rather than a partial answer taken as whole.
     """
     try:
-        async with pool.client().stream("POST", path, json=body) as response:
+        # Identity encoding and our own line splitting over aiter_raw: httpx's aiter_lines nests four
+        # async generators, which trio reports as leaked when a stream breaks off.
+        headers = {"Accept-Encoding": "identity"}
+        async with pool.client().stream("POST", path, json=body, headers=headers) as response:
             if response.status_code >= 400:
                 raise error_from_response(response, await response.aread(), model)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    return
-                yield json.loads(payload)
+            raw = response.aiter_raw()
+            async with aclosing(raw):
+                pending = b""
+                async for chunk in raw:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        payload = _data(line)
+                        if payload == "[DONE]":
+                            return
+                        if payload is not None:
+                            yield json.loads(payload)
             if done_marker:
                 raise ModelError("connection", f"the stream from {model} ended before its end marker", model=model)
     except ModelError:

@@ -13,7 +13,7 @@ from the model's own tokenizer.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import anyio
@@ -51,28 +51,15 @@ class LlamaCppProvider:
         return await anyio.to_thread.run_sync(self._complete_blocking, request)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
-        send, receive = anyio.create_memory_object_stream[TextDelta | ModelResponse | BaseException](64)
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for piece in self._stream_blocking(request, stop):
-                    anyio.from_thread.run(send.send, piece)
-            except BaseException as error:  # delivered to the consumer, raised there
-                anyio.from_thread.run(send.send, error)
-            finally:
-                anyio.from_thread.run_sync(send.close)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(anyio.to_thread.run_sync, produce)
-            try:
-                async with receive:
-                    async for piece in receive:
-                        if isinstance(piece, BaseException):
-                            raise piece
-                        yield piece
-            finally:
-                stop.set()  # a consumer that stops early ends the generation at the next token
+        # Each piece is pulled in a worker thread: generation never runs on the event loop, and a
+        # consumer that stops early stops the generation (closing the generator frees the model).
+        pieces = self._stream_blocking(request)
+        try:
+            while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
+                yield piece
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(pieces.close)
 
     def count_tokens(self, request: ModelRequest) -> int:
         """Exact prompt tokens of the request's messages, with the chat format's turn markers."""
@@ -115,7 +102,7 @@ class LlamaCppProvider:
                              Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
                              f"llama.cpp/{self.name}", choice.get("finish_reason") or "stop")
 
-    def _stream_blocking(self, request: ModelRequest, stop: threading.Event) -> Any:
+    def _stream_blocking(self, request: ModelRequest) -> Generator[TextDelta | ModelResponse, None, None]:
         llama = self._model()
         pieces: list[str] = []
         finish = "stop"
@@ -123,9 +110,6 @@ class LlamaCppProvider:
             try:
                 chunks = llama.create_chat_completion(**self._arguments(request), stream=True)
                 for chunk in chunks:
-                    if stop.is_set():
-                        finish = "cancelled"
-                        break
                     choice = chunk["choices"][0]
                     text = (choice.get("delta") or {}).get("content")
                     if text:

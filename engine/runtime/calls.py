@@ -216,11 +216,18 @@ class ModelCaller:
         if not (self.services.stream_tokens and self.state.bus.active):
             return await client.complete(request)
         final: ModelResponse | None = None
-        async for piece in client.stream(request):
-            if isinstance(piece, TextDelta):
-                self.state.emit(TokenDelta, task_id=self.node.id, attempt=self.result.attempts, text=piece.text)
-            else:
-                final = piece
+        pieces = client.stream(request)
+        try:
+            async for piece in pieces:
+                if isinstance(piece, TextDelta):
+                    self.state.emit(TokenDelta, task_id=self.node.id, attempt=self.result.attempts, text=piece.text)
+                else:
+                    final = piece
+        finally:
+            close = getattr(pieces, "aclose", None)  # an async generator left early is closed now, not by GC
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
         if final is None:
             raise TaskError("the model's stream ended without a final response", task_id=self.node.id)
         return final

@@ -1,0 +1,165 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 that injects faults on demand.
+
+Each request takes the next fault from ``faults`` (a list consumed in order, then
+``default``), or from ``chooser(request_body)`` if given. Faults:
+
+    ok         200, the answer ``answer:<last user message>`` (JSON or SSE by ``stream``)
+    429        rate limited, ``Retry-After: <retry_after>``
+    500, 503   server errors
+    400ctx     400 "maximum context length exceeded"
+    401        bad key
+    hang       no answer for ``hang_seconds`` (past the client's timeout)
+    reset      the connection is closed without an answer
+    malformed  200 with a body that is not JSON
+    cut        a stream that stops mid-way, without its end marker
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FaultServer:
+    def __init__(self) -> None:
+        self.faults: list[str] = []
+        self.default = "ok"
+        self.chooser: Callable[[dict[str, Any]], str] | None = None
+        self.retry_after = 1
+        self.hang_seconds = 2.0
+        self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self.fault_log: list[str] = []  # the fault each request got, in the order of `requests`
+        self.served: Counter[str] = Counter()  # fault -> count
+        self.lock = threading.Lock()
+        self.httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def next_fault(self, body: dict[str, Any], headers: dict[str, str]) -> str:
+        with self.lock:
+            fault = self.chooser(body) if self.chooser else (self.faults.pop(0) if self.faults else self.default)
+            self.requests.append(body)
+            self.request_headers.append(headers)
+            self.fault_log.append(fault)
+            self.served[fault] += 1
+            return fault
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None  # a client that gave up on a hanging answer breaks the pipe: that is the point
+
+
+def answer_for(body: dict[str, Any]) -> str:
+    prompt = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+    return f"answer:{prompt}"
+
+
+def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            return None
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            fault = server.next_fault(body, dict(self.headers.items()))
+            getattr(self, "_" + fault)(body)
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+            self._send(status, json.dumps({"error": {"message": message}}).encode(), headers)
+
+        def _ok(self, body: dict[str, Any]) -> None:
+            text = answer_for(body)
+            if body.get("stream"):
+                return self._stream(body, text, cut=False)
+            usage = {"prompt_tokens": 10, "completion_tokens": len(text.split())}
+            self._send(200, json.dumps({"model": body["model"], "usage": usage, "choices": [
+                {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}).encode())
+            return None
+
+        def _stream(self, body: dict[str, Any], text: str, *, cut: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            words = text.split(":")
+            pieces = [words[0] + ":", ":".join(words[1:])]
+            for piece in pieces[:1] if cut else pieces:
+                self._chunk(json.dumps({"model": body["model"], "choices": [{"delta": {"content": piece}}]}))
+            if cut:
+                self._reset()
+                return
+            self._chunk(json.dumps({"model": body["model"], "choices": [{"delta": {}, "finish_reason": "stop"}]}))
+            self._chunk(json.dumps({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}}))
+            self._chunk("[DONE]")
+            self.wfile.write(b"0\r\n\r\n")
+
+        def _chunk(self, data: str) -> None:
+            payload = f"data: {data}\n\n".encode()
+            self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            self.wfile.flush()
+
+        def _reset(self, body: dict[str, Any] | None = None) -> None:
+            # SO_LINGER 0: the close sends a TCP reset, as a crashed server or proxy would.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+
+        def _cut(self, body: dict[str, Any]) -> None:
+            self._stream(body, answer_for(body), cut=True)
+
+        def _hang(self, body: dict[str, Any]) -> None:
+            time.sleep(server.hang_seconds)
+            self._ok(body)
+
+        def _malformed(self, body: dict[str, Any]) -> None:
+            self._send(200, b'{"choices": [ {"message": ')
+
+        def _429(self, body: dict[str, Any]) -> None:
+            self._error(429, "rate limited", {"Retry-After": str(server.retry_after)})
+
+        def _500(self, body: dict[str, Any]) -> None:
+            self._error(500, "internal error")
+
+        def _503(self, body: dict[str, Any]) -> None:
+            self._error(503, "overloaded")
+
+        def _400ctx(self, body: dict[str, Any]) -> None:
+            self._error(400, "This model's maximum context length is 8192 tokens")
+
+        def _401(self, body: dict[str, Any]) -> None:
+            self._error(401, "invalid api key")
+
+    return Handler
+
+
+@contextmanager
+def running_fault_server() -> Iterator[FaultServer]:
+    server = FaultServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        thread.join(timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from engine import ConfigError, Engine, ModelError, ModelRequest
@@ -83,7 +84,7 @@ def test_gates_switch_deny_and_respect_context_windows() -> None:
     assert keeper.decide("fast_ai", 300, None, "x").alias == "long_ai"
     denied = keeper.decide("fast_ai", 950, None, "x")
     assert denied.action == "deny" and "950 tokens (x) is above the limit of 900" in denied.reason
-    with pytest.raises(ModelError, match="160 tokens .* do not fit the context window of thinking_ai: 150") as caught:
+    with pytest.raises(ModelError, match=r"160 tokens .* do not fit the context window of thinking_ai: 150") as caught:
         keeper.decide("fast_ai", 110, 50, "x")
     assert caught.value.kind == "context_length"
 
@@ -133,7 +134,7 @@ async def test_configured_rate_limits_slow_calls_down() -> None:
 
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     config = EngineConfig(providers={"dry": {"kind": "fake", "rpm": 3}},  # type: ignore[dict-item]
                           default_provider="dry")

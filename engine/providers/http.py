@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -145,7 +145,7 @@ async def post_sse(
         async with pool.client().stream("POST", path, json=body, headers=headers) as response:
             if response.status_code >= 400:
                 raise error_from_response(response, await response.aread(), model)
-            raw = response.aiter_raw()
+            raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # typed as an iterator; a generator
             async with aclosing(raw):
                 pending = b""
                 async for chunk in raw:

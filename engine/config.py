@@ -68,6 +68,9 @@ class HttpProviderConfig(_Provider):
     timeout: float = Field(600.0, gt=0, description="Seconds before an HTTP request gives up (read timeout).")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to establish a connection.")
     max_connections: int = Field(32, ge=1, description="Connections the provider's HTTP client may open.")
+    structured_output: Literal["json_schema", "json_object", "prompt"] = Field(
+        "json_schema", description="How `openai` providers ask for JSON: OpenAI's `json_schema` response format; "
+        "`json_object` with a `schema` (llama.cpp server); or only the instruction in the prompt.")
 
 
 class LlamaCppProviderConfig(_Provider):

@@ -23,8 +23,8 @@ from engine.config import LlamaCppProviderConfig
 from engine.errors import ConfigError, ModelError
 from engine.runtime.model import Message, ModelRequest, ModelResponse, TextDelta, Usage
 
+DEFAULT_MAX_TOKENS = 256  # a small base model rambles to the end of any budget
 INSTALL_HINT = "the local model needs llama-cpp-python: pip install 'orchestrion[local]'"
-TURN_OVERHEAD = 5  # <start_of_turn>role\n ... <end_of_turn>\n
 
 
 def default_model_path() -> str:
@@ -62,10 +62,13 @@ class LlamaCppProvider:
                 await anyio.to_thread.run_sync(pieces.close)
 
     def count_tokens(self, request: ModelRequest) -> int:
-        """Exact prompt tokens of the request's messages, with the chat format's turn markers."""
+        """Exact prompt tokens: the request rendered by the gemma chat format, by the model's tokenizer."""
+        from llama_cpp.llama_chat_format import format_gemma
+
         llama = self._model()
-        return sum(len(llama.tokenize(m.content.encode("utf-8"), add_bos=False, special=True)) + TURN_OVERHEAD
-                   for m in _messages(request.messages)) + 1
+        messages = [{"role": m.role, "content": m.content} for m in _messages(request.messages)]
+        prompt = format_gemma(messages=messages).prompt
+        return len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
 
     def _model(self) -> Any:
         with self._load_lock:
@@ -84,7 +87,7 @@ class LlamaCppProvider:
                                                   for m in _messages(request.messages)]}
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
-        arguments["max_tokens"] = request.max_tokens or 512
+        arguments["max_tokens"] = request.max_tokens or DEFAULT_MAX_TOKENS
         if request.output_schema is not None:
             arguments["response_format"] = {"type": "json_object", "schema": dict(request.output_schema)}
         return arguments

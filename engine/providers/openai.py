@@ -13,6 +13,7 @@ from typing import Any
 from engine.config import HttpProviderConfig
 from engine.errors import ModelError
 from engine.providers.http import HttpClientPool, post_json, post_sse
+from engine.resilience.tokens import estimate_tokens
 from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -22,6 +23,7 @@ class OpenAIProvider:
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
         self.models = dict(models)
+        self.structured_output = config.structured_output
         headers = dict(config.headers)
         if config.api_key is not None:
             headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
@@ -45,7 +47,7 @@ class OpenAIProvider:
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
         model = self.models.get(request.model, request.model)
         pieces: list[str] = []
-        usage, finish, answered_by = Usage(), "stop", model
+        usage, finish, answered_by = None, "stop", model
         body = self._body(request, model, stream=True)
         async for chunk in post_sse(self.pool, "/chat/completions", body, model, done_marker=True):
             if chunk.get("usage"):
@@ -57,7 +59,10 @@ class OpenAIProvider:
                     pieces.append(text)
                     yield TextDelta(text)
                 finish = choice.get("finish_reason") or finish
-        yield ModelResponse("".join(pieces), usage, answered_by, finish)
+        text = "".join(pieces)
+        if usage is None:  # servers without stream_options (llama.cpp's) send no usage: an upper estimate
+            usage = Usage(sum(estimate_tokens(m.content) for m in request.messages), estimate_tokens(text))
+        yield ModelResponse(text, usage, answered_by, finish)
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -72,9 +77,11 @@ class OpenAIProvider:
             body["temperature"] = request.temperature
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
-        if request.output_schema is not None:
+        if request.output_schema is not None and self.structured_output == "json_schema":
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": dict(request.output_schema)}}
+        elif request.output_schema is not None and self.structured_output == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": dict(request.output_schema)}
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body

@@ -12,6 +12,9 @@ from the model's own tokenizer.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import threading
 from collections.abc import AsyncIterator, Generator
 from typing import Any
@@ -77,8 +80,10 @@ class LlamaCppProvider:
                     from llama_cpp import Llama
                 except ImportError:
                     raise ConfigError(INSTALL_HINT) from None
+                _silence_llama_logs()
                 path = self.config.model_path or default_model_path()
-                self._llama = Llama(model_path=path, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
+                threads = self.config.n_threads or os.cpu_count() or 1  # llama-cpp-python's default is half
+                self._llama = Llama(model_path=path, n_ctx=self.config.n_ctx, n_threads=threads,
                                     seed=self.config.seed, chat_format="gemma", verbose=False)
         return self._llama
 
@@ -125,6 +130,22 @@ class LlamaCppProvider:
             prompt_tokens = self.count_tokens(request)
             output_tokens = len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
         yield ModelResponse(text, Usage(prompt_tokens, output_tokens), f"llama.cpp/{self.name}", finish)
+
+
+@functools.cache
+def _silence_llama_logs() -> None:
+    """llama.cpp logs from C to stderr even with verbose=False; a library keeps quiet."""
+    import llama_cpp
+
+    def ignore(level: int, text: bytes, user_data: Any) -> None:
+        return None
+
+    callback = llama_cpp.llama_log_callback(ignore)
+    _KEEP_ALIVE.append(callback)  # ctypes callbacks must outlive their registration
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+_KEEP_ALIVE: list[Any] = []
 
 
 def _messages(messages: tuple[Message, ...]) -> list[Message]:

@@ -51,7 +51,7 @@ def parse_output(text: str, schema: Mapping[str, Any], model: str | None = None)
     fenced = _FENCE.match(text)
     candidate = fenced.group(1) if fenced else text.strip()
     try:
-        value = json.loads(candidate)
+        value = json.loads(candidate, strict=False)  # raw newlines inside strings are common and harmless
     except json.JSONDecodeError as exc:
         raise InvalidOutputError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                                  output=text, model=model) from None

@@ -167,3 +167,12 @@ def test_seed_file_names_become_valid_workflow_names(write) -> None:
     path = write('{"workflow": [{"type": "inline", "tasks": [{"model": "fast_ai", "prompt": "x", '
                  '"output_variable": "a"}]}]}', "mon flux été.json")
     assert load_workflow(path).name == "mon_flux__t_"
+
+
+def test_yaml_library_warnings_never_escape_the_loader() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = problems("dsl: &x orchestrion/v1\nname: &x reused\n")  # a reused anchor: ruamel warns
+    assert any("stages" in problem for problem in found)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -97,10 +98,13 @@ def parse_document(text: str, name: str = "<string>") -> ParsedDocument:
 def _parse_yaml(text: str, name: str) -> ParsedDocument:
     from ruamel.yaml import YAML  # imported on first use: it is the slowest import of the loader
     from ruamel.yaml.constructor import DuplicateKeyError
-    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.error import YAMLError, YAMLWarning
 
     try:
-        raw = YAML(typ="rt", pure=True).load(text)
+        with warnings.catch_warnings():
+            # ruamel warns (ReusedAnchorWarning...) about valid YAML: the loader reports, it never prints.
+            warnings.simplefilter("ignore", YAMLWarning)
+            raw = YAML(typ="rt", pure=True).load(text)
     except DuplicateKeyError as exc:
         raise _yaml_error(name, exc, "duplicate-key", "remove or rename one of the two keys") from None
     except YAMLError as exc:

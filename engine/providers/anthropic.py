@@ -15,8 +15,8 @@ from contextlib import aclosing
 from typing import Any
 
 from engine.config import HttpProviderConfig
-from engine.errors import ErrorKind, ModelError
-from engine.providers.http import HttpClientPool, post_json, post_sse
+from engine.errors import ModelError
+from engine.providers.http import HttpClientPool, error_from_event, post_json, post_sse
 from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -25,11 +25,6 @@ DEFAULT_MAX_TOKENS = 4096
 PATH = "/v1/messages"
 
 # the ``error.type`` of an ``error`` event sent mid-stream (the status is already 200 by then)
-_STREAM_ERROR_KINDS: dict[str, ErrorKind] = {
-    "overloaded_error": "rate_limit", "rate_limit_error": "rate_limit", "api_error": "server_error",
-}
-
-
 class AnthropicProvider:
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
@@ -118,6 +113,5 @@ def _usage(data: Any) -> Usage:
 def _stream_error(error: Any, model: str) -> ModelError:
     error = error if isinstance(error, dict) else {}
     error_type = str(error.get("type") or "error")
-    kind = _STREAM_ERROR_KINDS.get(error_type, "bad_request")
     message = f"{model} failed mid-stream: {error_type}: {error.get('message') or ''}".strip()
-    return ModelError(kind, message[:500], model=model)
+    return error_from_event(error_type, message, model)

@@ -15,19 +15,13 @@ from typing import Any
 from urllib.parse import quote
 
 from engine.config import HttpProviderConfig
-from engine.errors import ErrorKind, ModelError
-from engine.providers.http import HttpClientPool, post_json, post_sse
+from engine.errors import ModelError
+from engine.providers.http import HttpClientPool, error_from_event, post_json, post_sse
 from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 # the ``error.status`` of an error object sent inside a stream (the status is already 200 by then)
-_STREAM_ERROR_KINDS: dict[str, ErrorKind] = {
-    "RESOURCE_EXHAUSTED": "rate_limit", "UNAVAILABLE": "server_error", "INTERNAL": "server_error",
-    "DEADLINE_EXCEEDED": "timeout",
-}
-
-
 class GeminiProvider:
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
@@ -118,9 +112,7 @@ def _failure(data: Any, model: str) -> ModelError | None:
     error = data.get("error")
     if isinstance(error, dict):
         status = str(error.get("status") or "")
-        kind = _STREAM_ERROR_KINDS.get(status, "bad_request")
-        return ModelError(kind, f"{model} failed: {status or 'error'}: {error.get('message') or ''}"[:500],
-                          model=model)
+        return error_from_event(status, f"{model} failed: {status or 'error'}: {error.get('message') or ''}", model)
     reason = (data.get("promptFeedback") or {}).get("blockReason")
     if reason and not data.get("candidates"):
         return ModelError("bad_request", f"{model} blocked the prompt: {reason}", model=model)

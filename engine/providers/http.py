@@ -8,6 +8,7 @@ place where HTTP failures become the engine's error classes.
     401, 403                       auth
     404                            not_found
     400, 413, 422                  bad_request, or context_length when the message says so
+    error events inside a stream   by the vendor's error type (error_from_event)
 
 Error messages carry the status and the provider's message, never request
 headers (where the key is).
@@ -44,6 +45,20 @@ def error_from_response(response: httpx.Response, body: bytes, model: str) -> Mo
     retry_after = retry_after_seconds(response.headers.get("retry-after")) if kind == "rate_limit" else None
     return ModelError(kind, f"HTTP {response.status_code} from {model}: {message}"[:500], model=model,
                       retry_after=retry_after)
+
+
+# Error types that arrive inside a 200 response (a stream's error event): Anthropic's `type`s,
+# Google's `status`es. Anything else is a bad request.
+_EVENT_KINDS: dict[str, ErrorKind] = {
+    "overloaded_error": "rate_limit", "rate_limit_error": "rate_limit", "api_error": "server_error",
+    "RESOURCE_EXHAUSTED": "rate_limit", "UNAVAILABLE": "server_error", "INTERNAL": "server_error",
+    "DEADLINE_EXCEEDED": "timeout",
+}
+
+
+def error_from_event(error_type: str, message: str, model: str) -> ModelError:
+    """The ModelError for an error reported inside a successful response (mid-stream)."""
+    return ModelError(_EVENT_KINDS.get(error_type, "bad_request"), message[:500], model=model)
 
 
 def error_from_exception(error: Exception, model: str) -> ModelError:

@@ -49,7 +49,10 @@ class Catalog:
         for folder in (builtin_dir("templates"), *template_dirs):
             if folder is not None and folder.is_dir():
                 templates.update(find_templates(folder))
-        return cls(DEFAULT_MODEL_ALIASES | frozenset(models), addons, templates, frozenset(functions))
+        from engine.routing import BUILTIN_FUNCTIONS
+
+        return cls(DEFAULT_MODEL_ALIASES | frozenset(models), addons, templates,
+                   frozenset(BUILTIN_FUNCTIONS) | frozenset(functions))
 
 
 def find_templates(folder: Path) -> dict[str, Path]:

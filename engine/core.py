@@ -72,7 +72,9 @@ class Engine:
             config = EngineConfig() if models is not None else EngineConfig(
                 providers={"local": LlamaCppProviderConfig(kind="llama_cpp")}, default_provider="local")
         self.config = config
-        self.functions = dict(functions or {})
+        from engine.routing import BUILTIN_FUNCTIONS
+
+        self.functions = {**BUILTIN_FUNCTIONS, **(functions or {})}
         aliases = set(Catalog().models) | set(config.models)
         if isinstance(models, Mapping):
             clients: dict[str, ModelClient] = {**build_clients(config, aliases), **models}

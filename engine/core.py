@@ -74,7 +74,7 @@ class Engine:
         self.config = config
         from engine.routing import BUILTIN_FUNCTIONS
 
-        self.functions = {**BUILTIN_FUNCTIONS, **(functions or {})}
+        self.functions: dict[str, Callable[..., Any]] = {**BUILTIN_FUNCTIONS, **(functions or {})}
         aliases = set(Catalog().models) | set(config.models)
         if isinstance(models, Mapping):
             clients: dict[str, ModelClient] = {**build_clients(config, aliases), **models}

@@ -22,7 +22,7 @@ matched, or that nothing did and the default applies.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -71,4 +71,4 @@ def append(items: Sequence[Any] | None, item: Any) -> list[Any]:
     return [*(items or []), item]
 
 
-BUILTIN_FUNCTIONS = {"orchestrion.route": route, "orchestrion.identity": identity, "orchestrion.append": append}
+BUILTIN_FUNCTIONS: dict[str, Callable[..., Any]] = {"orchestrion.route": route, "orchestrion.identity": identity, "orchestrion.append": append}

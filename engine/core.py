@@ -40,6 +40,8 @@ from engine.templating import RenderLimits, TemplateRenderer
 
 if TYPE_CHECKING:
     from engine.config import EngineConfig
+    from engine.planner import PlanOutcome
+    from engine.runtime.model import ModelRequest
 
 
 class Engine:
@@ -103,6 +105,32 @@ class Engine:
         from engine.config import load_config
 
         return cls(load_config(path), **options)
+
+    async def plan(self, request: str, *, model: str | None = None) -> Workflow:
+        """A workflow written by the master planner for ``request``, checked like a file.
+
+        Raises PlanningError with every attempt's problems if no valid workflow came within the
+        repair limit. ``plan_outcome`` gives the attempts as well.
+        """
+        from engine.errors import PlanningError
+
+        outcome = await self.plan_outcome(request, model=model)
+        if outcome.workflow is None:
+            raise PlanningError([attempt.problems for attempt in outcome.attempts])
+        return outcome.workflow
+
+    async def plan_outcome(self, request: str, *, model: str | None = None) -> PlanOutcome:
+        from engine.planner import Planner
+
+        alias = model or self._services.planner_model
+        client = self._services.client(alias)
+
+        async def ask(message: ModelRequest) -> str:
+            return (await client.complete(message)).text
+
+        planner = Planner(ask, self.catalog, self.compile, model=alias, limits=self._services.planner_limits,
+                          prices=self._services.prices)
+        return await planner.plan(request)
 
     def health(self) -> dict[str, Any]:
         """The circuit breakers' states, per model alias that has been called."""

@@ -8,6 +8,7 @@ Every error the engine raises on purpose derives from ``OrchestrionError``::
      ├── CatalogError           an addon or template file is invalid
      ├── ConfigError            the engine's configuration is invalid or incomplete
      ├── InputError             a run's inputs do not match the declared inputs
+     ├── PlanningError          the master planner gave no valid workflow within its repairs
      ├── TemplateError          rendering a Jinja template or expression failed
      │    ├── TemplateSecurityError   the sandbox refused an operation
      │    └── TemplateLimitError      output size or work exceeded its cap
@@ -104,6 +105,16 @@ class WorkflowError(OrchestrionError):
 
 class CatalogError(OrchestrionError):
     """An addon or template file in a catalog folder is invalid."""
+
+
+class PlanningError(OrchestrionError):
+    """The master planner gave no valid workflow; ``attempts`` holds each attempt's problems."""
+
+    def __init__(self, attempts: Sequence[Sequence[str]]) -> None:
+        self.attempts = [list(problems) for problems in attempts]
+        last = self.attempts[-1] if self.attempts else ["no answer"]
+        super().__init__(f"no valid workflow after {len(self.attempts)} attempt(s); last problems: "
+                         + "; ".join(last[:5]))
 
 
 class TemplateError(OrchestrionError):

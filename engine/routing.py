@@ -71,4 +71,6 @@ def append(items: Sequence[Any] | None, item: Any) -> list[Any]:
     return [*(items or []), item]
 
 
-BUILTIN_FUNCTIONS: dict[str, Callable[..., Any]] = {"orchestrion.route": route, "orchestrion.identity": identity, "orchestrion.append": append}
+BUILTIN_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "orchestrion.route": route, "orchestrion.identity": identity, "orchestrion.append": append,
+}

@@ -55,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     _catalog_options(graph)
     graph.set_defaults(handler=_graph)
 
-    from engine.cli import run
+    from engine.cli import plan, run
 
     run.add_parser(commands)
+    plan.add_parser(commands)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of workflow files")
     schema.set_defaults(handler=_schema)

@@ -50,9 +50,9 @@ class ModelCaller:
         self.services, self.state, self.node, self.result = services, state, node, result
         self.policies: NodePolicies = node.policies
 
-    async def call(self, request: ModelRequest) -> Any:
+    async def call(self, request: ModelRequest, chain: tuple[str, ...] | None = None) -> Any:
         """Answer with the first model of the fallback chain that succeeds; return the value."""
-        chain = self.policies.models
+        chain = chain or self.policies.models
         for index, alias in enumerate(chain):
             try:
                 routed = await self._gate(request if alias == request.model else _for_model(request, alias))

@@ -18,6 +18,7 @@ from engine.compiler.plan import Binding, Node, NodeId, Plan
 from engine.config import RetryConfig
 from engine.dsl.models import Workflow
 from engine.errors import ConfigError
+from engine.planner import PlannerLimits
 from engine.resilience.breaker import Breakers
 from engine.resilience.gates import Gatekeeper
 from engine.resilience.ratelimit import RateLimiter
@@ -52,6 +53,8 @@ class Services:
     tokenizers: Mapping[str, str | None] = field(default_factory=dict)
     rate_limiters: Mapping[str, RateLimiter] = field(default_factory=dict)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    planner_model: str = "thinking_ai"
+    planner_limits: PlannerLimits = field(default_factory=PlannerLimits)
 
     def client(self, alias: str) -> ModelClient:
         client = self.clients.get(alias, self.default_client)

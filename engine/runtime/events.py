@@ -116,6 +116,15 @@ class BreakerStateChanged(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlanCreated(Event):
+    """A ``plan:`` task's planner wrote a workflow; it runs next, as a nested run."""
+
+    type: ClassVar[str] = "plan_created"
+    workflow: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EventsDropped(Event):
     """Told to a subscriber that fell behind: ``count`` events were not delivered to it."""
 
@@ -125,7 +134,8 @@ class EventsDropped(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, RunFinished, TaskStarted, TaskSkipped, TaskRetrying, TaskFellBack,
-                              TaskFinished, TaskFailed, TokenDelta, GateApplied, BreakerStateChanged, EventsDropped)
+                              TaskFinished, TaskFailed, TokenDelta, GateApplied, BreakerStateChanged, PlanCreated,
+                              EventsDropped)
 }
 
 

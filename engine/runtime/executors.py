@@ -15,10 +15,11 @@ from typing import Any
 import anyio
 
 from engine.compiler.plan import Node
-from engine.dsl.models import Task
+from engine.dsl.models import Task, Workflow
 from engine.errors import FunctionError, TaskError
 from engine.runtime.calls import ModelCaller
 from engine.runtime.context import RunState, Services
+from engine.runtime.events import PlanCreated
 from engine.runtime.inputs import validate_inputs
 from engine.runtime.prompting import build_request, system_message
 from engine.runtime.results import TaskResult
@@ -76,8 +77,8 @@ class _Executor:
             return await self._call(self.task.call, variables)
         if self.task.workflow is not None:
             return await self._workflow(self.task.workflow, variables)
-        raise TaskError("`plan:` tasks need the master planner, which this engine does not have yet",
-                        task_id=self.node.id)
+        assert self.task.plan is not None
+        return await self._plan(self.task.plan, variables)
 
     async def _prompt(self, prompt: str, variables: dict[str, Any]) -> Any:
         policies, renderer = self.node.policies, self.services.renderer
@@ -116,13 +117,22 @@ class _Executor:
                                 attempt=self.result.attempts) from exc
 
     async def _workflow(self, reference: str, variables: dict[str, Any]) -> Any:
-        from engine.runtime.scheduler import run_plan  # the scheduler runs executors: import it late
 
+        self._check_depth()
+        workflow = self.services.load_template(reference, self.state.workflow)
+        arguments = self._arguments(self.task.with_ or {}, variables)
+        return await self._nested(workflow, arguments, f"workflow {reference!r}")
+
+    def _check_depth(self) -> None:
         if self.state.depth >= self.services.max_depth:
             raise TaskError(f"workflows nested deeper than {self.services.max_depth}", task_id=self.node.id)
-        workflow = self.services.load_template(reference, self.state.workflow)
+
+    async def _nested(self, workflow: Workflow, arguments: dict[str, Any], what: str) -> Any:
+        """Run a workflow inside this run: same events, same budget, one level deeper."""
+        from engine.runtime.scheduler import run_plan  # the scheduler runs executors: import it late
+
         plan = self.services.compile(workflow)
-        inputs = validate_inputs(plan.inputs, self._arguments(self.task.with_ or {}, variables))
+        inputs = validate_inputs(plan.inputs, arguments)
         self.result.attempts += 1
         nested = await run_plan(self.services, plan, workflow, inputs, bus=self.state.bus, budget=self.state.budget,
                                 depth=self.state.depth + 1)
@@ -130,8 +140,25 @@ class _Executor:
         self.result.output_tokens += nested.totals.output_tokens
         self.result.cost_usd += nested.totals.cost_usd
         if nested.status != "succeeded":
-            raise TaskError(f"workflow {reference!r} {nested.status}: {nested.error}", task_id=self.node.id)
+            raise TaskError(f"{what} {nested.status}: {nested.error}", task_id=self.node.id)
         return nested.outputs
+
+    async def _plan(self, request_template: str, variables: dict[str, Any]) -> Any:
+        """Ask the master planner for a workflow, announce it, run it as a nested run."""
+        from engine.planner import Planner, plan_failed
+
+        self._check_depth()
+        assert self.node.policies is not None
+        chain = self.node.policies.models or (self.services.planner_model,)
+        caller = ModelCaller(self.services, self.state, self.node, self.result)
+        planner = Planner(lambda request: caller.call(request, chain), self.services.catalog, self.services.compile,
+                          model=chain[0], limits=self.services.planner_limits, prices=self.services.prices)
+        outcome = await planner.plan(self.services.renderer.render(request_template, variables))
+        if outcome.workflow is None or outcome.document is None:
+            raise plan_failed(outcome, self.node.id)
+        self.state.emit(PlanCreated, task_id=self.node.id, attempt=len(outcome.attempts),
+                        workflow=outcome.document, attempts=len(outcome.attempts))
+        return await self._nested(outcome.workflow, {}, "the planned workflow")
 
     def _arguments(self, value: Any, variables: Mapping[str, Any]) -> Any:
         """Strings are templates (a lone ``{{ expression }}`` keeps its type); containers recurse."""

@@ -1,0 +1,212 @@
+"""The master planner: an LLM writes a workflow in the DSL for a request.
+
+The planner model gets a compact description of the DSL, the model aliases
+(what each is for), the addons and the templates, and answers with JSON in a
+*planner schema*: a strict subset of the DSL (stages of tasks with an id, a
+model alias from an enum, a prompt, addons from an enum) small enough for a
+grammar, so even a small local model answers in shape. The answer becomes a
+DSL document and goes through exactly the loader and static checks a file
+gets; problems are fed back for at most ``max_repairs`` repairs. Limits: task
+count, estimated cost, and no ``plan:`` tasks inside a plan (depth 1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.catalog import Catalog
+from engine.dsl.loader import load_workflow
+from engine.dsl.models import Workflow
+from engine.errors import InvalidOutputError, ModelError, Problem, TaskError, WorkflowError, format_path
+from engine.runtime.budget import Price, estimate_usage
+from engine.runtime.model import Message, ModelRequest
+from engine.runtime.prompting import build_request, parse_output, repair_request
+
+ALIAS_ROLES: dict[str, str] = {
+    "categorizer_ai": "classifies requests", "fast_ai": "quick, simple answers", "medium_ai": "harder questions",
+    "thinking_ai": "complex reasoning and long documents", "code_ai": "writing and reviewing code",
+    "research_ai": "research and facts", "product_ai": "products and marketing", "image_analysis_ai": "images",
+    "finance_expert": "finance and markets", "technical_expert": "technology", "general_expert": "anything else",
+    "router": "routing", "aggregator": "merging several answers into one",
+}
+
+GUIDE = """You design workflows. A workflow is a list of stages; each stage is "linear" (its tasks run \
+at the same time) or "inline" (its tasks run one after another). Each task has an id (lowercase, \
+unique), a model (an alias from the list), a prompt, and optional addons. A prompt may use the output \
+of an EARLIER task as {{ id }}: a task of an earlier stage, or an earlier task of the same inline stage. \
+Never use a later task, or a task of the same linear stage. The request is available as {{ request }}. \
+Keep it small: 2 to 6 tasks. The last task should combine the others into the final answer."""
+
+
+@dataclass(frozen=True)
+class PlannerLimits:
+    max_tasks: int = 12
+    max_stages: int = 4
+    max_repairs: int = 2
+    max_cost_usd: float | None = None  # estimated for one run of the planned workflow
+    max_tokens: int = 1024  # for the planner's own answer
+
+
+@dataclass
+class PlanAttempt:
+    answer: str
+    problems: list[str]
+
+
+@dataclass
+class PlanOutcome:
+    """A planned workflow, with every attempt (first try and repairs) and its problems."""
+
+    workflow: Workflow | None
+    document: dict[str, Any] | None
+    attempts: list[PlanAttempt] = field(default_factory=list)
+
+    @property
+    def valid_first_try(self) -> bool:
+        return bool(self.attempts) and not self.attempts[0].problems
+
+
+def planner_schema(catalog: Catalog, limits: PlannerLimits) -> dict[str, Any]:
+    """The JSON Schema of the planner's answer: a subset of the DSL, with enums of what exists."""
+    task: dict[str, Any] = {
+        "type": "object", "required": ["id", "model", "prompt"], "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,24}$"},
+            "model": {"enum": sorted(catalog.models)},
+            "prompt": {"type": "string", "minLength": 8, "maxLength": 400},
+        },
+    }
+    if catalog.addons:
+        task["properties"]["addons"] = {"type": "array", "maxItems": 2, "items": {"enum": sorted(catalog.addons)}}
+    stage = {"type": "object", "required": ["type", "tasks"], "additionalProperties": False, "properties": {
+        "type": {"enum": ["linear", "inline"]},
+        "tasks": {"type": "array", "minItems": 1, "maxItems": limits.max_tasks, "items": task},
+    }}
+    return {"type": "object", "required": ["name", "description", "stages"], "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"},
+                "description": {"type": "string", "minLength": 8, "maxLength": 200},
+                "stages": {"type": "array", "minItems": 1, "maxItems": limits.max_stages, "items": stage},
+            }}
+
+
+def planner_prompt(catalog: Catalog) -> str:
+    roles = [f"- {alias}: {ALIAS_ROLES.get(alias, 'a configured model')}" for alias in sorted(catalog.models)]
+    aliases = "\n".join(roles)
+    addons = ", ".join(sorted(catalog.addons)) or "none"
+    templates = ", ".join(sorted(catalog.templates)) or "none"
+    return (f"{GUIDE}\n\nModel aliases:\n{aliases}\n\nAddons (prompt fragments a task may add): {addons}\n"
+            f"Existing templates (for ideas): {templates}\n\nAnswer with JSON only.")
+
+
+def to_document(answer: Mapping[str, Any], request: str) -> dict[str, Any]:
+    """The planner's answer as a DSL document, with the request as an input and the last task as output."""
+    stages = answer.get("stages") or []
+    last = next((task.get("id") for stage in reversed(stages) for task in reversed(stage.get("tasks") or [])
+                 if isinstance(task, Mapping)), None)
+    document: dict[str, Any] = {
+        "dsl": "orchestrion/v1", "name": answer.get("name"), "version": "0.1.0",
+        "description": answer.get("description"),
+        "inputs": {"request": {"type": "string", "default": request, "description": "What was asked"}},
+        "stages": [dict(stage) for stage in stages],
+    }
+    if isinstance(last, str):
+        document["outputs"] = {"result": "{{ " + last + " }}"}
+    return document
+
+
+def dump_yaml(document: Mapping[str, Any], schema_path: str = "../schemas/workflow.schema.json") -> str:
+    """A planned workflow as a YAML file that can be read, edited and checked in."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.width = 100
+    stream = io.StringIO()
+    stream.write(f"# yaml-language-server: $schema={schema_path}\n")
+    yaml.dump(json.loads(json.dumps(document)), stream)  # plain types only
+    return stream.getvalue()
+
+
+Ask = Callable[[ModelRequest], Awaitable[Any]]  # a model call: the answer's text, or its parsed JSON
+
+
+class Planner:
+    def __init__(self, ask: Ask, catalog: Catalog, compile_check: Callable[[Workflow], Any], *,
+                 model: str = "thinking_ai", limits: PlannerLimits | None = None,
+                 prices: Mapping[str, Price] | None = None) -> None:
+        self.ask = ask
+        self.catalog = catalog
+        self.compile_check = compile_check  # Workflow -> Plan, raising WorkflowError
+        self.model = model
+        self.limits = limits or PlannerLimits()
+        self.prices = prices or {}
+
+    async def plan(self, request: str) -> PlanOutcome:
+        """Ask for a workflow, check it like a file, feed problems back; the outcome has every attempt."""
+        schema = planner_schema(self.catalog, self.limits)
+        message = build_request(self.model, planner_prompt(self.catalog), f"Request: {request}",
+                                temperature=0.2, max_tokens=self.limits.max_tokens, schema=schema)
+        outcome = PlanOutcome(None, None)
+        for _ in range(self.limits.max_repairs + 1):
+            try:
+                answer = await self.ask(message)
+            except InvalidOutputError as error:  # the model's JSON did not match the planner schema
+                document: dict[str, Any] = {}
+                answer, problems = error.output, [error.message]
+            else:
+                problems, document = self._check(answer, schema, request)
+            text = answer if isinstance(answer, str) else json.dumps(answer)
+            outcome.attempts.append(PlanAttempt(text, problems))
+            if not problems:
+                outcome.document = document
+                outcome.workflow = load_workflow(document)
+                return outcome
+            message = repair_request(message, text, "; ".join(problems[:8]))
+        return outcome
+
+    def _check(self, answer: Any, schema: Mapping[str, Any], request: str) -> tuple[list[str], dict[str, Any]]:
+        try:
+            parsed = parse_output(answer, schema, self.model) if isinstance(answer, str) else answer
+        except ModelError as error:
+            return [error.message], {}
+        if not isinstance(parsed, Mapping):
+            return ["the answer is not a JSON object"], {}
+        document = to_document(parsed, request)
+        try:
+            workflow = load_workflow(document)
+            plan = self.compile_check(workflow)
+        except WorkflowError as error:
+            return [_describe(problem) for problem in error.problems], document
+        problems = []
+        if len(plan.nodes) > self.limits.max_tasks:
+            problems.append(f"{len(plan.nodes)} tasks is more than the limit of {self.limits.max_tasks}")
+        cost = self._estimated_cost(plan)
+        if self.limits.max_cost_usd is not None and cost > self.limits.max_cost_usd:
+            problems.append(f"the workflow is estimated at ${cost:.4f}, above the limit of "
+                            f"${self.limits.max_cost_usd:.4f}: use fewer or cheaper tasks")
+        return problems, document
+
+    def _estimated_cost(self, plan: Any) -> float:
+        """Each model call's prompt (before templating) plus a full answer, at its alias's price."""
+        total = 0.0
+        for node in plan.nodes.values():
+            if node.task is not None and node.task.prompt is not None and node.policies and node.policies.models:
+                alias = node.policies.models[0]
+                request = ModelRequest(alias, (Message("user", node.task.prompt),), max_tokens=node.policies.max_tokens)
+                total += self.prices.get(alias, Price()).cost(estimate_usage(request))
+        return total
+
+
+def _describe(problem: Problem) -> str:
+    where = format_path(problem.path)
+    return f"{where}: {problem.message}" + (f" ({problem.hint})" if problem.hint else "")
+
+
+def plan_failed(outcome: PlanOutcome, task_id: str | None = None) -> TaskError:
+    last = outcome.attempts[-1].problems if outcome.attempts else ["no answer"]
+    return TaskError(f"the planner gave no valid workflow after {len(outcome.attempts)} attempts: "
+                     + "; ".join(last[:5]), task_id=task_id)

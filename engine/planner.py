@@ -45,10 +45,12 @@ Keep it small: 2 to 6 tasks. The last task should combine the others into the fi
 @dataclass(frozen=True)
 class PlannerLimits:
     max_tasks: int = 12
-    max_stages: int = 4
+    max_stages: int = 3
+    max_tasks_per_stage: int = 3
+    max_prompt_chars: int = 160  # short prompts keep a whole plan inside max_tokens, even from a small model
     max_repairs: int = 2
     max_cost_usd: float | None = None  # estimated for one run of the planned workflow
-    max_tokens: int = 1024  # for the planner's own answer
+    max_tokens: int = 768  # for the planner's own answer
 
 
 @dataclass
@@ -77,19 +79,19 @@ def planner_schema(catalog: Catalog, limits: PlannerLimits) -> dict[str, Any]:
         "properties": {
             "id": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,24}$"},
             "model": {"enum": sorted(catalog.models)},
-            "prompt": {"type": "string", "minLength": 8, "maxLength": 400},
+            "prompt": {"type": "string", "minLength": 8, "maxLength": limits.max_prompt_chars},
         },
     }
     if catalog.addons:
         task["properties"]["addons"] = {"type": "array", "maxItems": 2, "items": {"enum": sorted(catalog.addons)}}
     stage = {"type": "object", "required": ["type", "tasks"], "additionalProperties": False, "properties": {
         "type": {"enum": ["linear", "inline"]},
-        "tasks": {"type": "array", "minItems": 1, "maxItems": limits.max_tasks, "items": task},
+        "tasks": {"type": "array", "minItems": 1, "maxItems": limits.max_tasks_per_stage, "items": task},
     }}
     return {"type": "object", "required": ["name", "description", "stages"], "additionalProperties": False,
             "properties": {
-                "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"},
-                "description": {"type": "string", "minLength": 8, "maxLength": 200},
+                "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,30}$"},
+                "description": {"type": "string", "minLength": 8, "maxLength": 120},
                 "stages": {"type": "array", "minItems": 1, "maxItems": limits.max_stages, "items": stage},
             }}
 

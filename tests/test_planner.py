@@ -34,9 +34,11 @@ INVALID = {
     "unknown model alias": plan(("inline", [("a", "gpt_9000", "Do {{ request }}")])),
     "a later task": plan(("inline", [("a", "fast_ai", "Use {{ b }} for {{ request }}"),
                                      ("b", "fast_ai", "Then {{ request }}")])),
-    "a parallel sibling": plan(("linear", [("a", "fast_ai", "Use {{ b }} now"), ("b", "fast_ai", "Other {{ request }}")])),
+    "a parallel sibling": plan(("linear", [("a", "fast_ai", "Use {{ b }} now"),
+                                           ("b", "fast_ai", "Other {{ request }}")])),
     "an unknown name": plan(("inline", [("a", "fast_ai", "Research {{ topic }} please")])),
-    "a duplicate id": plan(("inline", [("a", "fast_ai", "First {{ request }}"), ("a", "fast_ai", "Again {{ request }}")])),
+    "a duplicate id": plan(("inline", [("a", "fast_ai", "First {{ request }}"),
+                                       ("a", "fast_ai", "Again {{ request }}")])),
     "a template that does not parse": plan(("inline", [("a", "fast_ai", "Broken {{ request ")])),
 }
 

@@ -39,6 +39,7 @@ from engine.runtime.scheduler import run_plan
 from engine.templating import RenderLimits, TemplateRenderer
 
 if TYPE_CHECKING:
+    from engine.chat import ChatReply, ChatSession
     from engine.config import EngineConfig
     from engine.planner import PlanOutcome
     from engine.runtime.model import ModelRequest
@@ -87,6 +88,7 @@ class Engine:
         self._listeners: list[Listener] = []
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
         self._breakers = Breakers(config.breaker)
+        self._sessions: dict[str, ChatSession] = {}
         self._services = Services(
             clients=clients, default_client=None if isinstance(models, Mapping) else models,
             functions=self.functions, renderer=TemplateRenderer(render_limits or RenderLimits()),
@@ -131,6 +133,22 @@ class Engine:
         planner = Planner(ask, self.catalog, self.compile, model=alias, limits=self._services.planner_limits,
                           prices=self._services.prices)
         return await planner.plan(request)
+
+    async def chat(self, message: str, *, session_id: str = "default", template: str = "chat") -> ChatReply:
+        """One turn of a conversation: the ``chat`` template with the session's history."""
+        from engine.chat import ChatSession, reply_from
+
+        session = self._sessions.setdefault(session_id, ChatSession(session_id))
+        result = await self.run(self._load_template(template, None),
+                                {"message": message, "history": session.history()})
+        reply = reply_from(result, session)
+        if reply.ok:
+            session.add("user", message)
+            session.add("assistant", reply.answer)
+        return reply
+
+    def session(self, session_id: str) -> ChatSession | None:
+        return self._sessions.get(session_id)
 
     def health(self) -> dict[str, Any]:
         """The circuit breakers' states, per model alias that has been called."""

@@ -35,11 +35,12 @@ ALIAS_ROLES: dict[str, str] = {
 }
 
 GUIDE = """You design workflows. A workflow is a list of stages; each stage is "linear" (its tasks run \
-at the same time) or "inline" (its tasks run one after another). Each task has an id (lowercase, \
-unique), a model (an alias from the list), a prompt, and optional addons. A prompt may use the output \
-of an EARLIER task as {{ id }}: a task of an earlier stage, or an earlier task of the same inline stage. \
-Never use a later task, or a task of the same linear stage. The request is available as {{ request }}. \
-Keep it small: 2 to 6 tasks. The last task should combine the others into the final answer."""
+at the same time) or "inline" (its tasks run one after another). Each task has a model (an alias from \
+the list), a prompt, and optional addons. Tasks are named step1, step2, step3, ... in the order they \
+appear in the whole workflow. A prompt may use the output of an EARLIER task as {{ step1 }}: a task of \
+an earlier stage, or an earlier task of the same inline stage; never a later task, nor a task of the \
+same linear stage. The request is available as {{ request }}. Keep it small: 2 to 6 tasks. The last \
+task should combine the others into the final answer."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,9 @@ class PlanOutcome:
 
 def planner_schema(catalog: Catalog, limits: PlannerLimits) -> dict[str, Any]:
     """The JSON Schema of the planner's answer: a subset of the DSL, with enums of what exists."""
-    task: dict[str, Any] = {
-        "type": "object", "required": ["id", "model", "prompt"], "additionalProperties": False,
+    task: dict[str, Any] = {  # no ids: tasks are step1, step2... in order, so they can never clash
+        "type": "object", "required": ["model", "prompt"], "additionalProperties": False,
         "properties": {
-            "id": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,24}$"},
             "model": {"enum": sorted(catalog.models)},
             "prompt": {"type": "string", "minLength": 8, "maxLength": limits.max_prompt_chars},
         },
@@ -106,15 +106,21 @@ def planner_prompt(catalog: Catalog) -> str:
 
 
 def to_document(answer: Mapping[str, Any], request: str) -> dict[str, Any]:
-    """The planner's answer as a DSL document, with the request as an input and the last task as output."""
-    stages = answer.get("stages") or []
-    last = next((task.get("id") for stage in reversed(stages) for task in reversed(stage.get("tasks") or [])
-                 if isinstance(task, Mapping)), None)
+    """The planner's answer as a DSL document: tasks named step1, step2... in reading order, the request
+    as an input, the last task as the output."""
+    stages, number = [], 0
+    for stage in answer.get("stages") or []:
+        tasks = []
+        for task in stage.get("tasks") or []:
+            number += 1
+            tasks.append({"id": f"step{number}", **task})
+        stages.append({**stage, "tasks": tasks})
+    last = f"step{number}" if number else None
     document: dict[str, Any] = {
         "dsl": "orchestrion/v1", "name": answer.get("name"), "version": "0.1.0",
         "description": answer.get("description"),
         "inputs": {"request": {"type": "string", "default": request, "description": "What was asked"}},
-        "stages": [dict(stage) for stage in stages],
+        "stages": stages,
     }
     if isinstance(last, str):
         document["outputs"] = {"result": "{{ " + last + " }}"}

@@ -13,7 +13,7 @@ from engine.testing import FakeModel, capture_events
 pytestmark = pytest.mark.anyio
 
 PLAN = {"name": "planned", "description": "A planned workflow", "stages": [
-    {"type": "inline", "tasks": [{"id": "step", "model": "fast_ai", "prompt": "Do {{ request }}"}]}]}
+    {"type": "inline", "tasks": [{"model": "fast_ai", "prompt": "Do {{ request }}"}]}]}
 
 
 def model(category: str, confidence: float = 0.9) -> FakeModel:

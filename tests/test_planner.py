@@ -17,29 +17,28 @@ from engine.testing import FakeModel, capture_events
 pytestmark = pytest.mark.anyio
 
 
-def plan(*stages: tuple[str, list[tuple[str, str, str]]]) -> dict[str, Any]:
-    """A planner answer: stages of (type, [(id, model, prompt)])."""
+def plan(*stages: tuple[str, list[tuple[str, str]]]) -> dict[str, Any]:
+    """A planner answer: stages of (type, [(model, prompt)]); the tasks become step1, step2... in order."""
     return {"name": "planned", "description": "A planned workflow",
-            "stages": [{"type": kind, "tasks": [{"id": i, "model": m, "prompt": p} for i, m, p in tasks]}
+            "stages": [{"type": kind, "tasks": [{"model": m, "prompt": p} for m, p in tasks]}
                        for kind, tasks in stages]}
 
 
-GOOD = plan(("linear", [("facts", "research_ai", "Facts about {{ request }}"),
-                        ("ideas", "product_ai", "Ideas for {{ request }}")]),
-            ("inline", [("final", "aggregator", "Combine {{ facts }} and {{ ideas }}")]))
+GOOD = plan(("linear", [("research_ai", "Facts about {{ request }}"), ("product_ai", "Ideas for {{ request }}")]),
+            ("inline", [("aggregator", "Combine {{ step1 }} and {{ step2 }}")]))
 
 INVALID = {
     "not JSON": "Sure! Here is a plan: stage one...",
     "not the planner schema": {"name": "x", "stages": []},
-    "unknown model alias": plan(("inline", [("a", "gpt_9000", "Do {{ request }}")])),
-    "a later task": plan(("inline", [("a", "fast_ai", "Use {{ b }} for {{ request }}"),
-                                     ("b", "fast_ai", "Then {{ request }}")])),
-    "a parallel sibling": plan(("linear", [("a", "fast_ai", "Use {{ b }} now"),
-                                           ("b", "fast_ai", "Other {{ request }}")])),
-    "an unknown name": plan(("inline", [("a", "fast_ai", "Research {{ topic }} please")])),
-    "a duplicate id": plan(("inline", [("a", "fast_ai", "First {{ request }}"),
-                                       ("a", "fast_ai", "Again {{ request }}")])),
-    "a template that does not parse": plan(("inline", [("a", "fast_ai", "Broken {{ request ")])),
+    "a task with an id": {**GOOD, "stages": [{"type": "inline", "tasks": [
+        {"id": "a", "model": "fast_ai", "prompt": "Do {{ request }}"}]}]},
+    "unknown model alias": plan(("inline", [("gpt_9000", "Do {{ request }}")])),
+    "a later task": plan(("inline", [("fast_ai", "Use {{ step2 }} for {{ request }}"),
+                                     ("fast_ai", "Then {{ request }}")])),
+    "a parallel sibling": plan(("linear", [("fast_ai", "Use {{ step2 }} now"), ("fast_ai", "Other {{ request }}")])),
+    "an unknown name": plan(("inline", [("fast_ai", "Research {{ topic }} please")])),
+    "its own output": plan(("inline", [("fast_ai", "Improve {{ step1 }} for {{ request }}")])),
+    "a template that does not parse": plan(("inline", [("fast_ai", "Broken {{ request ")])),
 }
 
 
@@ -63,19 +62,19 @@ async def test_the_planner_is_told_the_dsl_aliases_addons_and_templates() -> Non
     assert "blog_writing" in system and "research_report" in system
     assert fake.calls[0].output_schema == planner_schema(engine.catalog, PlannerLimits())
     assert workflow.inputs["request"]["default"] == "a launch plan"
-    assert workflow.outputs == {"result": "{{ final }}"}
+    assert workflow.outputs == {"result": "{{ step3 }}"}
 
 
 async def test_no_valid_answer_within_the_repairs_is_a_planning_error() -> None:
     fake = FakeModel({"thinking_ai": INVALID["a later task"]})
     with pytest.raises(PlanningError) as caught:
         await Engine(models=fake).plan("a launch plan")
-    assert len(caught.value.attempts) == 3 and "produced later" in caught.value.attempts[-1][0]
+    assert len(caught.value.attempts) == 3 and "'step2' is produced later" in caught.value.attempts[-1][0]
 
 
 async def test_task_count_and_estimated_cost_are_limited() -> None:
-    big = plan(("linear", [(f"t{i}", "fast_ai", f"Part {i} of {{{{ request }}}}") for i in range(3)]),
-               ("linear", [(f"u{i}", "fast_ai", f"More {i} of {{{{ request }}}}") for i in range(3)]))
+    big = plan(("linear", [("fast_ai", f"Part {i} of {{{{ request }}}}") for i in range(3)]),
+               ("linear", [("fast_ai", f"More {i} of {{{{ request }}}}") for i in range(3)]))
     from engine.planner import Planner
 
     engine = Engine(models=FakeModel())

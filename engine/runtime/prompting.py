@@ -23,7 +23,7 @@ _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
 def system_message(system: str | None, addons: tuple[str, ...], known: Mapping[str, Addon],
                    schema: Mapping[str, Any] | None) -> str | None:
     parts = [system] if system else []
-    parts += [known[name].prompt.strip() for name in addons if name in known]
+    parts += [known[name].prompt.strip() for name in dict.fromkeys(addons) if name in known]  # each once
     if schema is not None:
         parts.append("Reply with only a JSON value, no prose, that matches this JSON Schema:\n"
                      + json.dumps(schema, sort_keys=True))

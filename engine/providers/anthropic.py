@@ -24,16 +24,14 @@ API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 PATH = "/v1/messages"
 
-# the ``error.type`` of an ``error`` event sent mid-stream (the status is already 200 by then)
+
+
 class AnthropicProvider:
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
         self.models = dict(models)
-        headers = {"anthropic-version": API_VERSION, **config.headers}
-        if config.api_key is not None:
-            headers["x-api-key"] = config.api_key.get_secret_value()
-        self.pool = HttpClientPool(config.base_url or DEFAULT_BASE_URL, headers, config.timeout,
-                                   config.connect_timeout, config.max_connections)
+        self.pool = HttpClientPool.for_provider(config, DEFAULT_BASE_URL, "x-api-key",
+                                                extra={"anthropic-version": API_VERSION})
 
     def __repr__(self) -> str:
         return f"AnthropicProvider({self.name!r})"  # never the headers: they hold the key
@@ -55,8 +53,7 @@ class AnthropicProvider:
         usage: dict[str, Any] = {}
         finish, answered_by = "end_turn", model
         failure: ModelError | None = None
-        events = post_sse(
-            self.pool, PATH, self._body(request, model, stream=True), model)
+        events = post_sse(self.pool, PATH, self._body(request, model, stream=True), model)
         async with aclosing(events):  # closes the HTTP stream if the consumer leaves early
             async for event in events:
                 if failure is not None or not isinstance(event, dict):

@@ -26,11 +26,7 @@ class GeminiProvider:
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
         self.models = dict(models)
-        headers = dict(config.headers)
-        if config.api_key is not None:
-            headers["x-goog-api-key"] = config.api_key.get_secret_value()
-        self.pool = HttpClientPool(config.base_url or DEFAULT_BASE_URL, headers, config.timeout,
-                                   config.connect_timeout, config.max_connections)
+        self.pool = HttpClientPool.for_provider(config, DEFAULT_BASE_URL, "x-goog-api-key")
 
     def __repr__(self) -> str:
         return f"GeminiProvider({self.name!r})"  # never the headers: they hold the key

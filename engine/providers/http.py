@@ -21,12 +21,15 @@ import json
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx
 
 from engine.errors import ErrorKind, ModelError
+
+if TYPE_CHECKING:
+    from engine.config import HttpProviderConfig
 
 _CONTEXT_MARKERS = ("context_length", "context length", "maximum context", "too many tokens", "prompt is too long",
                     "exceeds the maximum number of tokens", "input token count")
@@ -117,6 +120,16 @@ class HttpClientPool:
             "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         }
         self._clients: dict[int, httpx.AsyncClient] = {}
+
+    @classmethod
+    def for_provider(cls, config: HttpProviderConfig, default_base_url: str, key_header: str,
+                     key_format: str = "{key}", extra: Mapping[str, str] | None = None) -> HttpClientPool:
+        """The pool of a configured provider: its URL, its headers, and its key in ``key_header``."""
+        headers = {**(extra or {}), **config.headers}
+        if config.api_key is not None:
+            headers[key_header] = key_format.format(key=config.api_key.get_secret_value())
+        return cls(config.base_url or default_base_url, headers, config.timeout, config.connect_timeout,
+                   config.max_connections)
 
     def client(self) -> httpx.AsyncClient:
         loop = id(anyio.lowlevel.current_token().native_token)

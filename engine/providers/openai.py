@@ -24,11 +24,7 @@ class OpenAIProvider:
         self.name = name
         self.models = dict(models)
         self.structured_output = config.structured_output
-        headers = dict(config.headers)
-        if config.api_key is not None:
-            headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self.pool = HttpClientPool(config.base_url or DEFAULT_BASE_URL, headers, config.timeout,
-                                   config.connect_timeout, config.max_connections)
+        self.pool = HttpClientPool.for_provider(config, DEFAULT_BASE_URL, "Authorization", "Bearer {key}")
 
     def __repr__(self) -> str:
         return f"OpenAIProvider({self.name!r})"  # never the headers: they hold the key

@@ -309,7 +309,8 @@ async def test_plan_tasks_fail_clearly_until_the_planner_exists() -> None:
 async def test_max_cost_stops_the_run_before_a_call_would_pass_it() -> None:
     fake = FakeModel()
     price = {"fast_ai": Price(input=1000.0, output=1000.0)}  # $0.001 per token
-    # Each call is estimated at 10 tokens ($0.010) and costs 4 ($0.004): the third would pass $0.015.
+    # Each call is estimated at 11 tokens ($0.011: 2 prompt bytes, 4 for the turn, 5 of answer) and costs 4
+    # ($0.004): after two calls, $0.008 spent, the third would pass $0.015.
     flow = wf(inline(*(task(f"t{i}", max_tokens=5) for i in range(5))), limits={"max_cost_usd": 0.015})
     result = await Engine(models=fake, prices=price).run(flow)
     assert result.status == "failed" and result.failed_task == "t2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import BudgetExceededError
+from engine.resilience.tokens import MESSAGE_OVERHEAD, estimate_tokens
 from engine.runtime.model import ModelRequest, Usage
 
 DEFAULT_OUTPUT_ESTIMATE = 1024  # tokens assumed for a call without max_tokens
@@ -29,13 +30,9 @@ class Price:
                 + usage.output_tokens * self.output) / 1_000_000
 
 
-def estimate_tokens(text: str) -> int:
-    """An upper estimate for budgeting: UTF-8 bytes / 3 (real tokenizers come with the providers)."""
-    return len(text.encode("utf-8")) // 3 + 1
-
-
 def estimate_usage(request: ModelRequest) -> Usage:
-    prompt_tokens = sum(estimate_tokens(message.content) + 4 for message in request.messages)
+    """What a call may cost at most: the gates' upper bound on the prompt, and ``max_tokens`` of answer."""
+    prompt_tokens = sum(estimate_tokens(message.content) + MESSAGE_OVERHEAD for message in request.messages)
     return Usage(prompt_tokens, request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
 
 

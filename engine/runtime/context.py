@@ -86,14 +86,14 @@ class RunState:
         if self.bus.active:
             self.bus.emit(factory(run_id=self.run_id, time=time.time(), **fields))
 
-    def value_of(self, binding: Binding, name: str, node: Node, extra: Mapping[str, Any]) -> Any:
+    def value_of(self, binding: Binding, name: str, round_: int | None, extra: Mapping[str, Any]) -> Any:
         if binding.kind == "input":
             return self.inputs[name]
         if binding.kind == "task":
             ran = [n for n in binding.nodes if self.results[n].status not in ("skipped", "pending")]
             return self.values.get(ran[-1]) if ran else None
         if binding.kind == "loop":
-            return {"round": node.round}
+            return {"round": round_}
         if binding.kind == "item":
             return extra[name]
         return None
@@ -102,5 +102,5 @@ class RunState:
         if not node.bindings:
             return {}
         extra = extra or {}
-        return {name: self.value_of(binding, name, node, extra) for name, binding in node.bindings.items()
+        return {name: self.value_of(binding, name, node.round, extra) for name, binding in node.bindings.items()
                 if binding.kind != "item" or name in extra}  # items are bound per item, by for_each

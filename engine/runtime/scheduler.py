@@ -181,7 +181,7 @@ class _Scheduler:
                     if node.kind != "until" and state.results[node.id].status != "skipped"}
         outputs: dict[str, Any] = {}
         for name, spec in self.plan.outputs.items():
-            variables = {key: state.value_of(binding, key, _OUTPUT_NODE, {}) for key, binding in spec.bindings.items()}
+            variables = {key: state.value_of(binding, key, None, {}) for key, binding in spec.bindings.items()}
             try:
                 outputs[name] = self.services.renderer.render_native(spec.template, variables)
             except OrchestrionError as error:
@@ -203,9 +203,6 @@ class _Scheduler:
         tasks: dict[str, TaskResult] = {str(key): value for key, value in state.results.items()}
         return RunResult(state.run_id, self.plan.name, status, outputs or {}, tasks, totals,
                          started, ended, error, self.failed_node)
-
-
-_OUTPUT_NODE = Node(NodeId("outputs"), "outputs", "until", (), 0, None, frozenset(), {})
 
 
 def _describe(error: BaseException) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from engine.dsl.models import Identifier, StrictModel
-from engine.dsl.source import parse_document
-from engine.errors import CatalogError, WorkflowError
+from engine.dsl.source import located_errors, read_document
+from engine.errors import CatalogError
 
 
 class Addon(StrictModel):
@@ -31,18 +31,11 @@ class Addon(StrictModel):
 
 def load_addon(path: Path) -> Addon:
     """Read and validate one addon file; CatalogError names the file and line."""
-    try:
-        document = parse_document(path.read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot read the addon: {exc.strerror}") from None
-    except WorkflowError as exc:
-        raise CatalogError(str(exc.problems[0])) from None
+    document = read_document(path, CatalogError, "addon")
     try:
         addon = Addon.model_validate(document.data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = document.source.locate(tuple(error["loc"]))
-        raise CatalogError(f"{where}: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+        raise CatalogError(located_errors(exc.errors(), document.source)) from None
     if addon.name != path.stem:
         raise CatalogError(f"{path}: the addon is named {addon.name!r} but its file is {path.name!r}; "
                            "name the file after the addon")

@@ -35,8 +35,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from engine.dsl.models import StrictModel
-from engine.dsl.source import parse_document
-from engine.errors import ConfigError, WorkflowError, format_path
+from engine.dsl.source import located_errors, read_document
+from engine.errors import ConfigError, format_path
 from engine.errors import Path as DataPath
 
 _PROVIDER_KINDS = frozenset({"fake", "openai", "anthropic", "gemini", "llama_cpp"})
@@ -165,26 +165,20 @@ class EngineConfig(StrictModel):
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> EngineConfig:
     """Read and validate an engine configuration file; ConfigError says what and where."""
     path = Path(path)
-    try:
-        document = parse_document(path.read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    except WorkflowError as exc:
-        raise ConfigError(str(exc.problems[0])) from None
+    document = read_document(path, ConfigError, "configuration")
     environ = os.environ if environ is None else environ
     data = _substitute(document.data, (), environ, lambda where: str(document.source.locate(where)))
     try:
         return EngineConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            if loc[:1] == ("providers",) and len(loc) > 2 and loc[2] in _PROVIDER_KINDS:
-                loc = loc[:2] + loc[3:]  # the union's tag is not part of the document
-            where = document.source.locate(loc)
-            message = error["msg"].removeprefix("Value error, ")  # values are never echoed: they may be keys
-            lines.append(f"{where}: {format_path(loc)}: {message}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(located_errors(exc.errors(), document.source, _without_kind_tag)) from None
+
+
+def _without_kind_tag(loc: DataPath) -> DataPath:
+    """``providers.dry.fake.latency`` -> ``providers.dry.latency``: the union's tag is not in the document."""
+    if loc[:1] == ("providers",) and len(loc) > 2 and loc[2] in _PROVIDER_KINDS:
+        return loc[:2] + loc[3:]
+    return loc
 
 
 def _substitute(value: Any, path: DataPath, environ: Mapping[str, str], locate: Any) -> Any:

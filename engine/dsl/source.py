@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import Location, Path, Problem, WorkflowError
+from engine.errors import Location, Path, Problem, WorkflowError, format_path
 
 if TYPE_CHECKING:
     from ruamel.yaml.error import YAMLError
@@ -203,3 +203,22 @@ def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowErro
 
 def _error(name: str, code: str, message: str, hint: str | None = None) -> WorkflowError:
     return WorkflowError([Problem(code, message, location=Location(name), hint=hint)])
+
+
+def read_document(path: FilePath, error: type[Exception], what: str) -> ParsedDocument:
+    """Parse a YAML/JSON file that is not a workflow (a configuration, an addon); ``error`` says why not."""
+    try:
+        return parse_document(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    except WorkflowError as exc:
+        raise error(str(exc.problems[0])) from None
+
+
+def located_errors(errors: list[Any], source: SourceMap, clean: Callable[[Path], Path] = lambda loc: loc) -> str:
+    """pydantic's errors as ``file:line:column: path: message`` lines (values are never echoed: keys)."""
+    lines = []
+    for error in errors:
+        loc = clean(tuple(error["loc"]))
+        lines.append(f"{source.locate(loc)}: {format_path(loc)}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)

@@ -391,3 +391,14 @@ async def test_scripted_responses_carry_their_own_usage() -> None:
     a = result.tasks["a"]
     assert (a.output, a.input_tokens, a.output_tokens) == ("cached answer", 1000, 10)
     assert a.cost_usd == pytest.approx((200 * 2.0 + 800 * 0.5 + 10 * 8.0) / 1e6)
+
+
+async def test_raise_for_status_raises_only_for_a_run_that_did_not_succeed() -> None:
+    from engine import RunFailedError
+
+    engine = Engine(models=FakeModel({"fast_ai": ModelError("auth", "no key")}))
+    failed = await engine.run(wf(linear(task("a"))))
+    with pytest.raises(RunFailedError, match="failed: task 'a'"):
+        failed.raise_for_status()
+    ok = await Engine(models=FakeModel()).run(wf(linear(task("a"))))
+    assert ok.raise_for_status() is ok

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from engine.catalog import Catalog
+from engine.catalog import DEFAULT_MODEL_ALIASES, Catalog
 from engine.compiler import Plan, compile_workflow
 from engine.dsl.loader import WorkflowSource, load_workflow
 from engine.dsl.models import Workflow
@@ -78,7 +78,7 @@ class Engine:
         from engine.routing import BUILTIN_FUNCTIONS
 
         self.functions: dict[str, Callable[..., Any]] = {**BUILTIN_FUNCTIONS, **(functions or {})}
-        aliases = set(Catalog().models) | set(config.models)
+        aliases = set(DEFAULT_MODEL_ALIASES) | set(config.models)
         if isinstance(models, Mapping):
             clients: dict[str, ModelClient] = {**build_clients(config, aliases), **models}
         else:
@@ -248,7 +248,7 @@ def _rate_limiters(config: EngineConfig) -> dict[str, RateLimiter]:
     limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
     routes = {alias: model.provider for alias, model in config.models.items()}
     if config.default_provider is not None:
-        routes |= {alias: config.default_provider for alias in Catalog().models if alias not in routes}
+        routes |= {alias: config.default_provider for alias in DEFAULT_MODEL_ALIASES if alias not in routes}
     return {alias: limiters[name] for alias, name in routes.items() if name in limiters}
 
 

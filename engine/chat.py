@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.resilience.tokens import estimate_tokens
+from engine.model.tokens import estimate_tokens
 from engine.runtime.results import RunResult
 
 

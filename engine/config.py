@@ -30,62 +30,22 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from engine.dsl.models import StrictModel
 from engine.dsl.source import located_errors, read_document
-from engine.errors import ConfigError, format_path
-from engine.errors import Path as DataPath
+from engine.errors import ConfigError, Path as DataPath, format_path
+from engine.providers.settings import (  # re-exported: they are part of the configuration file
+    PROVIDER_KINDS,
+    FakeProviderConfig,
+    HttpProviderConfig,
+    LlamaCppProviderConfig,
+    ProviderConfig,
+)
 
-_PROVIDER_KINDS = frozenset({"fake", "openai", "anthropic", "gemini", "llama_cpp"})
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class _Provider(StrictModel):
-    rpm: int | None = Field(None, ge=1, description="Requests per minute; calls wait when the limit is near.")
-    tpm: int | None = Field(None, ge=1, description="Tokens per minute; calls wait when the limit is near.")
-
-
-class FakeProviderConfig(_Provider):
-    """Answers from ``engine.testing.FakeModel``: scripted per alias, else an echo."""
-
-    kind: Literal["fake"] = Field(description="Provider kind.")
-    answers: dict[str, Any] = Field(default_factory=dict,
-                                    description="Scripted answers per alias (a list is served in order).")
-    latency: float = Field(0.0, ge=0, description="Seconds each answer takes.")
-    echo: bool = Field(True, description="Echo the prompt for aliases without answers.")
-
-
-class HttpProviderConfig(_Provider):
-    """A model service over HTTP: any OpenAI-compatible API, Anthropic's Messages API, or Gemini."""
-
-    kind: Literal["openai", "anthropic", "gemini"] = Field(description="Which wire format the service speaks.")
-    base_url: str | None = Field(None, description="The API's root URL (default: the vendor's public one).")
-    api_key: SecretStr | None = Field(None, description='The key, usually "${ENV_VAR}"; never logged.')
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request.")
-    timeout: float = Field(600.0, gt=0, description="Seconds before an HTTP request gives up (read timeout).")
-    connect_timeout: float = Field(10.0, gt=0, description="Seconds to establish a connection.")
-    max_connections: int = Field(32, ge=1, description="Connections the provider's HTTP client may open.")
-    structured_output: Literal["json_schema", "json_object", "prompt"] = Field(
-        "json_schema", description="How `openai` providers ask for JSON: OpenAI's `json_schema` response format; "
-        "`json_object` with a `schema` (llama.cpp server); or only the instruction in the prompt.")
-
-
-class LlamaCppProviderConfig(_Provider):
-    """A GGUF model run in process by llama.cpp (``orchestrion[local]``)."""
-
-    kind: Literal["llama_cpp"] = Field(description="Provider kind.")
-    model_path: str | None = Field(None, description="A .gguf file (default: the packaged Gemma 3 270M).")
-    n_ctx: int = Field(8192, ge=256, description="Context window the model is loaded with, in tokens.")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice).")
-    seed: int = Field(0, description="Sampling seed, for repeatable answers.")
-
-
-ProviderConfig = Annotated[
-    FakeProviderConfig | HttpProviderConfig | LlamaCppProviderConfig, Field(discriminator="kind")
-]
 
 
 class ModelConfig(StrictModel):
@@ -176,7 +136,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> E
 
 def _without_kind_tag(loc: DataPath) -> DataPath:
     """``providers.dry.fake.latency`` -> ``providers.dry.latency``: the union's tag is not in the document."""
-    if loc[:1] == ("providers",) and len(loc) > 2 and loc[2] in _PROVIDER_KINDS:
+    if loc[:1] == ("providers",) and len(loc) > 2 and loc[2] in PROVIDER_KINDS:
         return loc[:2] + loc[3:]
     return loc
 
@@ -197,3 +157,9 @@ def _substitute(value: Any, path: DataPath, environ: Mapping[str, str], locate: 
         return environ[name]
 
     return _ENV_REFERENCE.sub(lookup, value)
+
+
+__all__ = [
+    "BreakerConfig", "EngineConfig", "FakeProviderConfig", "GateRule", "HttpProviderConfig", "LlamaCppProviderConfig",
+    "ModelConfig", "ProviderConfig", "RetryConfig", "load_config",
+]

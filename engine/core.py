@@ -27,13 +27,12 @@ from engine.compiler import Plan, compile_workflow
 from engine.dsl.loader import WorkflowSource, load_workflow
 from engine.dsl.models import Workflow
 from engine.errors import ConfigError
-from engine.resilience.ratelimit import RateLimiter
-from engine.runtime.budget import Price
+from engine.events import Event
+from engine.model.client import ModelClient
+from engine.model.prices import Price
 from engine.runtime.bus import EventBus, Listener, Subscription
 from engine.runtime.context import Services, Sleep
-from engine.runtime.events import Event
 from engine.runtime.inputs import validate_inputs
-from engine.runtime.model import ModelClient
 from engine.runtime.results import RunResult
 from engine.runtime.scheduler import run_plan
 from engine.templating import RenderLimits, TemplateRenderer
@@ -41,8 +40,8 @@ from engine.templating import RenderLimits, TemplateRenderer
 if TYPE_CHECKING:
     from engine.chat import ChatReply, ChatSession
     from engine.config import EngineConfig
+    from engine.model.client import ModelRequest
     from engine.planner import PlanOutcome
-    from engine.runtime.model import ModelRequest
 
 
 class Engine:
@@ -66,8 +65,9 @@ class Engine:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
         With neither, every alias runs on the embedded local model (``orchestrion[local]``)."""
-        from engine.config import EngineConfig, LlamaCppProviderConfig
-        from engine.providers import build_clients
+        from engine.assembly import build_clients, prices as configured_prices, rate_limiters
+        from engine.config import EngineConfig
+        from engine.providers.settings import LlamaCppProviderConfig
         from engine.resilience.breaker import Breakers
         from engine.resilience.gates import Gatekeeper
 
@@ -92,13 +92,13 @@ class Engine:
         self._services = Services(
             clients=clients, default_client=None if isinstance(models, Mapping) else models,
             functions=self.functions, renderer=TemplateRenderer(render_limits or RenderLimits()),
-            catalog=self.catalog, prices={**_prices(config), **(prices or {})},
+            catalog=self.catalog, prices={**configured_prices(config), **(prices or {})},
             model_concurrency={**config.model_concurrency, **(model_concurrency or {})},
             compile=self.compile, load_template=self._load_template, sleep=sleep, stream_tokens=stream_tokens,
             breakers=self._breakers,
             gatekeeper=Gatekeeper(config.gates, {alias: m.context_window for alias, m in config.models.items()}),
             tokenizers={alias: m.tokenizer for alias, m in config.models.items()},
-            rate_limiters=_rate_limiters(config), retry=config.retry,
+            rate_limiters=rate_limiters(config), retry=config.retry,
         )
 
     @classmethod
@@ -237,19 +237,6 @@ class Engine:
         if reference not in self.catalog.templates:
             raise ConfigError(f"unknown template {reference!r}")
         return load_workflow(self.catalog.templates[reference])
-
-
-def _prices(config: EngineConfig) -> dict[str, Price]:
-    return {alias: Price(m.input_price, m.output_price, m.cached_input_price) for alias, m in config.models.items()}
-
-
-def _rate_limiters(config: EngineConfig) -> dict[str, RateLimiter]:
-    """One limiter per provider with limits, shared by every alias it serves."""
-    limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
-    routes = {alias: model.provider for alias, model in config.models.items()}
-    if config.default_provider is not None:
-        routes |= {alias: config.default_provider for alias in DEFAULT_MODEL_ALIASES if alias not in routes}
-    return {alias: limiters[name] for alias, name in routes.items() if name in limiters}
 
 
 class RunEvents:

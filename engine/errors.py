@@ -9,6 +9,7 @@ Every error the engine raises on purpose derives from ``OrchestrionError``::
      ├── ConfigError            the engine's configuration is invalid or incomplete
      ├── InputError             a run's inputs do not match the declared inputs
      ├── PlanningError          the master planner gave no valid workflow within its repairs
+     ├── RunFailedError         ``RunResult.raise_for_status()`` on a run that did not succeed
      ├── TemplateError          rendering a Jinja template or expression failed
      │    ├── TemplateSecurityError   the sandbox refused an operation
      │    └── TemplateLimitError      output size or work exceeded its cap
@@ -117,6 +118,10 @@ class PlanningError(OrchestrionError):
                          + "; ".join(last[:5]))
 
 
+class RunFailedError(OrchestrionError):
+    """Raised by ``RunResult.raise_for_status()`` for a run that did not succeed."""
+
+
 class TemplateError(OrchestrionError):
     """Rendering a template or evaluating an expression failed."""
 
@@ -150,7 +155,6 @@ ErrorKind = Literal[
     "budget", "denied", "function", "cancelled", "unknown",
 ]
 TRANSIENT_KINDS: frozenset[str] = frozenset({"rate_limit", "server_error", "timeout", "connection"})
-PERSISTENT_KINDS: frozenset[str] = frozenset({"auth", "bad_request", "not_found", "context_length", "breaker_open"})
 
 
 class TaskError(OrchestrionError):

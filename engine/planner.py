@@ -22,9 +22,9 @@ from engine.catalog import Catalog
 from engine.dsl.loader import load_workflow
 from engine.dsl.models import Workflow
 from engine.errors import InvalidOutputError, ModelError, Problem, TaskError, WorkflowError, format_path
-from engine.runtime.budget import Price, estimate_usage
-from engine.runtime.model import Message, ModelRequest
-from engine.runtime.prompting import build_request, parse_output, repair_request
+from engine.model.client import Message, ModelRequest, build_request
+from engine.model.output import parse_output, repair_request
+from engine.model.prices import Price, estimate_usage
 
 ALIAS_ROLES: dict[str, str] = {
     "categorizer_ai": "classifies requests", "fast_ai": "quick, simple answers", "medium_ai": "harder questions",

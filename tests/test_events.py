@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 
 from engine import Engine, Event, ModelError, event_from_dict
-from engine.runtime.events import EVENT_TYPES
+from engine.events import EVENT_TYPES
 from engine.testing import FakeModel, capture_events, example_for_schema
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ import pytest
 
 from engine import Engine, ModelRequest
 from engine.config import EngineConfig, HttpProviderConfig, LlamaCppProviderConfig, ModelConfig
+from engine.model.client import Message
 from engine.providers.llama_cpp import LlamaCppProvider, default_model_path
-from engine.runtime.model import Message
 from engine.testing import capture_events
 
 pytestmark = pytest.mark.anyio

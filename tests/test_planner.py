@@ -10,8 +10,8 @@ import pytest
 
 from engine import Engine, ModelRequest, PlanningError, load_workflow
 from engine.cli import main
+from engine.model.prices import Price
 from engine.planner import PlannerLimits, planner_schema
-from engine.runtime.budget import Price
 from engine.testing import FakeModel, capture_events
 
 pytestmark = pytest.mark.anyio

@@ -15,10 +15,10 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import engine
+from engine.compiler.plan import NodeId
 from engine.dsl.models import RESERVED_NAMES
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -162,18 +162,18 @@ def test_valid_workflows_compile_to_a_sound_dag(generated: Generated) -> None:
 
     # every generated reference is an edge; inputs are not
     for task in generated.tasks:
-        depends = nodes[engine.NodeId(task.id)].depends_on
+        depends = nodes[NodeId(task.id)].depends_on
         for ref in task.refs:
             if ref == "topic":
-                assert nodes[engine.NodeId(task.id)].bindings["topic"].kind == "input"
+                assert nodes[NodeId(task.id)].bindings["topic"].kind == "input"
             else:
                 assert ref in depends, (task.id, ref, sorted(depends))
-        assert nodes[engine.NodeId(task.id)].path == task.path
+        assert nodes[NodeId(task.id)].path == task.path
 
     # inline stages chain their items: each entry task waits for the previous item's exits
     for previous_exits, entries in generated.inline_links:
         for entry in entries:
-            assert previous_exits <= nodes[engine.NodeId(entry)].depends_on, (entry, previous_exits)
+            assert previous_exits <= nodes[NodeId(entry)].depends_on, (entry, previous_exits)
 
     # no edge joins tasks that run in parallel (no explicit references are generated between them)
     for item_sets in generated.parallel_groups:
@@ -181,7 +181,7 @@ def test_valid_workflows_compile_to_a_sound_dag(generated: Generated) -> None:
             for j, right in enumerate(item_sets):
                 if i != j:
                     for child in right:
-                        assert not (left & nodes[engine.NodeId(child)].depends_on), (child, left)
+                        assert not (left & nodes[NodeId(child)].depends_on), (child, left)
 
     # the critical path is a non-empty chain along edges
     path = plan.critical_path

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from engine import Engine, Message, ModelError, ModelRequest, ModelResponse, TextDelta, Usage
-from engine.config import HttpProviderConfig
 from engine.providers.anthropic import AnthropicProvider
 from engine.providers.gemini import GeminiProvider
+from engine.providers.settings import HttpProviderConfig
 
 KEY = "sk-test-secret"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}

@@ -10,10 +10,10 @@ import pytest
 
 from engine import ConfigError, Engine, ModelError, ModelRequest
 from engine.config import EngineConfig, GateRule, ModelConfig, load_config
+from engine.model.client import Message
+from engine.model.tokens import count_request, estimate_tokens
 from engine.resilience.gates import Gatekeeper
 from engine.resilience.ratelimit import RateLimiter
-from engine.resilience.tokens import count_request, estimate_tokens
-from engine.runtime.model import Message
 from engine.testing import FakeModel, capture_events
 
 

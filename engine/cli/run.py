@@ -13,7 +13,7 @@ from engine.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # the runtime is imported when a run starts, not for `orchestrion --help`
     from engine.core import Engine
-    from engine.runtime.events import Event
+    from engine.events import Event
     from engine.runtime.results import RunResult
 
 DEFAULT_CONFIG = Path("orchestrion.yaml")
@@ -53,7 +53,7 @@ def _engine(args: argparse.Namespace) -> Engine:
     from engine.core import Engine
 
     if args.dry_run:
-        from engine.testing import FakeModel
+        from engine.providers.fake import FakeModel
 
         return Engine(models=FakeModel())
     config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)

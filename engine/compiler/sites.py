@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.dsl.models import RESERVED_NAMES, Stage, Task, Workflow
-from engine.errors import Path, Problem
-from engine.errors import format_path as _label
+from engine.errors import Path, Problem, format_path as _label
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
-from engine.config import HttpProviderConfig
 from engine.errors import ModelError
+from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
 from engine.providers.http import HttpClientPool, error_from_event, post_json, post_sse
-from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
+from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -27,6 +27,10 @@ PATH = "/v1/messages"
 
 
 class AnthropicProvider:
+    @classmethod
+    def from_settings(cls, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> AnthropicProvider:
+        return cls(name, config, models)
+
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
         self.models = dict(models)

@@ -14,15 +14,19 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
-from engine.config import HttpProviderConfig
 from engine.errors import ModelError
+from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
 from engine.providers.http import HttpClientPool, error_from_event, post_json, post_sse
-from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
+from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 # the ``error.status`` of an error object sent inside a stream (the status is already 200 by then)
 class GeminiProvider:
+    @classmethod
+    def from_settings(cls, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> GeminiProvider:
+        return cls(name, config, models)
+
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
         self.models = dict(models)

@@ -29,7 +29,7 @@ import httpx
 from engine.errors import ErrorKind, ModelError
 
 if TYPE_CHECKING:
-    from engine.config import HttpProviderConfig
+    from engine.providers.settings import HttpProviderConfig
 
 _CONTEXT_MARKERS = ("context_length", "context length", "maximum context", "too many tokens", "prompt is too long",
                     "exceeds the maximum number of tokens", "input token count")

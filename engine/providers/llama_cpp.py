@@ -16,15 +16,15 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Mapping
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from engine.config import LlamaCppProviderConfig
 from engine.errors import ConfigError, ModelError
-from engine.runtime.model import Message, ModelRequest, ModelResponse, TextDelta, Usage
+from engine.model.client import Message, ModelRequest, ModelResponse, TextDelta, Usage
+from engine.providers.settings import LlamaCppProviderConfig
 
 DEFAULT_MAX_TOKENS = 256  # a small base model rambles to the end of any budget
 INSTALL_HINT = "the local model needs llama-cpp-python: pip install 'orchestrion[local]'"
@@ -40,6 +40,10 @@ def default_model_path() -> str:
 
 
 class LlamaCppProvider:
+    @classmethod
+    def from_settings(cls, name: str, config: LlamaCppProviderConfig, models: Mapping[str, str]) -> LlamaCppProvider:
+        return cls(name, config)  # one model per process: every alias it serves shares it
+
     def __init__(self, name: str, config: LlamaCppProviderConfig) -> None:
         self.name = name
         self.config = config

@@ -10,16 +10,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from engine.config import HttpProviderConfig
 from engine.errors import ModelError
+from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
+from engine.model.tokens import estimate_tokens
 from engine.providers.http import HttpClientPool, post_json, post_sse
-from engine.resilience.tokens import estimate_tokens
-from engine.runtime.model import ModelRequest, ModelResponse, TextDelta, Usage
+from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 class OpenAIProvider:
+    @classmethod
+    def from_settings(cls, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> OpenAIProvider:
+        return cls(name, config, models)
+
     def __init__(self, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> None:
         self.name = name
         self.models = dict(models)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.runtime.events import Event, EventsDropped
+from engine.events import Event, EventsDropped
 
 Listener = Callable[[Event], None]
 

@@ -28,14 +28,14 @@ from tenacity import AsyncRetrying, retry_if_exception
 
 from engine.compiler.plan import Node, NodePolicies, RetrySpec
 from engine.errors import InvalidOutputError, ModelError, TaskError
+from engine.events import BreakerStateChanged, GateApplied, TaskFellBack, TaskRetrying, TokenDelta
+from engine.model.client import ModelRequest, ModelResponse, TextDelta
+from engine.model.output import parse_output, repair_request
+from engine.model.prices import Price, estimate_usage
+from engine.model.tokens import count_request
 from engine.resilience.breaker import Admission, EndpointBreaker
 from engine.resilience.retry import ModelStop, ModelWait
-from engine.resilience.tokens import count_request
-from engine.runtime.budget import Price, estimate_usage
 from engine.runtime.context import RunState, Services
-from engine.runtime.events import BreakerStateChanged, GateApplied, TaskFellBack, TaskRetrying, TokenDelta
-from engine.runtime.model import ModelRequest, ModelResponse, TextDelta
-from engine.runtime.prompting import parse_output, repair_request
 from engine.runtime.results import TaskResult
 
 REPAIR_ATTEMPTS = 2

@@ -18,14 +18,15 @@ from engine.compiler.plan import Binding, Node, NodeId, Plan
 from engine.config import RetryConfig
 from engine.dsl.models import Workflow
 from engine.errors import ConfigError
+from engine.events import Event
+from engine.model.client import ModelClient
+from engine.model.prices import Price
 from engine.planner import PlannerLimits
 from engine.resilience.breaker import Breakers
+from engine.resilience.budget import Budget
 from engine.resilience.gates import Gatekeeper
 from engine.resilience.ratelimit import RateLimiter
-from engine.runtime.budget import Budget, Price
 from engine.runtime.bus import EventBus
-from engine.runtime.events import Event
-from engine.runtime.model import ModelClient
 from engine.runtime.results import TaskResult
 from engine.templating import TemplateRenderer
 

@@ -17,11 +17,12 @@ import anyio
 from engine.compiler.plan import Node
 from engine.dsl.models import Task, Workflow
 from engine.errors import FunctionError, TaskError
+from engine.events import PlanCreated
+from engine.model.client import build_request
 from engine.runtime.calls import ModelCaller
 from engine.runtime.context import RunState, Services
-from engine.runtime.events import PlanCreated
 from engine.runtime.inputs import validate_inputs
-from engine.runtime.prompting import build_request, system_message
+from engine.runtime.prompting import system_message
 from engine.runtime.results import TaskResult
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.errors import OrchestrionError
+from engine.errors import RunFailedError
 
 TaskStatus = Literal["pending", "succeeded", "failed", "skipped", "cancelled"]
 RunStatus = Literal["succeeded", "failed", "cancelled"]
@@ -47,10 +47,6 @@ class Totals:
     cost_usd: float = 0.0
     wall_time_s: float = 0.0
     models_used: list[str] = field(default_factory=list)
-
-
-class RunFailedError(OrchestrionError):
-    """Raised by ``RunResult.raise_for_status()`` for a run that did not succeed."""
 
 
 @dataclass(slots=True)

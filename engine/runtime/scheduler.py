@@ -20,10 +20,10 @@ import anyio
 from engine.compiler.plan import Node, NodeId, Plan
 from engine.dsl.models import Workflow
 from engine.errors import BudgetExceededError, OrchestrionError, TaskError
-from engine.runtime.budget import Budget
+from engine.events import RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
+from engine.resilience.budget import Budget
 from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, Services
-from engine.runtime.events import RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.runtime.executors import execute
 from engine.runtime.logs import logger
 from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals

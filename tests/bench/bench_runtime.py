@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypedDict
 import anyio
 
 from engine import Engine
-from engine.runtime.model import Message, ModelRequest
+from engine.model.client import Message, ModelRequest
 from engine.testing import FakeModel
 
 WIDTH = 1_000  # tasks of the fan-out, steps of the chain

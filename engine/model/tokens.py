@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from engine.runtime.model import ModelRequest
+from engine.model.client import ModelRequest
 
 MESSAGE_OVERHEAD = 4  # role and separators per message, as chat formats add
 

@@ -1,7 +1,7 @@
 """The one seam between the runtime and models: the ModelClient Protocol.
 
 Providers (OpenAI-compatible, Anthropic, Gemini, llama.cpp) and the test
-double ``engine.testing.FakeModel`` implement it; the runtime knows nothing else
+fake provider (``engine.testing.FakeModel``) implement it; the runtime knows nothing else
 about them. A client raises ``engine.ModelError`` with a ``kind`` for failures.
 """
 
@@ -65,3 +65,9 @@ class ModelClient(Protocol):
     async def complete(self, request: ModelRequest) -> ModelResponse: ...
 
     def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]: ...
+
+
+def build_request(alias: str, system: str | None, prompt: str, *, temperature: float | None,
+                  max_tokens: int | None, schema: Mapping[str, Any] | None) -> ModelRequest:
+    messages = (Message("system", system),) if system else ()
+    return ModelRequest(alias, (*messages, Message("user", prompt)), temperature, max_tokens, schema)

@@ -1,0 +1,46 @@
+"""From an EngineConfig to the parts an engine runs with: a client per alias, prices, rate limiters.
+
+The one place that knows both the configuration and the providers, so
+neither has to know the other.
+"""
+
+from __future__ import annotations
+
+from engine.catalog import DEFAULT_MODEL_ALIASES
+from engine.config import EngineConfig
+from engine.model.client import ModelClient
+from engine.model.prices import Price
+from engine.providers import build_provider
+from engine.resilience.ratelimit import RateLimiter
+
+
+def provider_routes(config: EngineConfig, aliases: set[str]) -> dict[str, tuple[str, str]]:
+    """alias -> (provider name, the provider's model name): the listed aliases, and ``aliases`` through
+    the default provider."""
+    routes = {alias: (model.provider, model.model or alias) for alias, model in config.models.items()}
+    if config.default_provider is not None:
+        for alias in aliases - routes.keys():
+            routes[alias] = (config.default_provider, alias)
+    return routes
+
+
+def build_clients(config: EngineConfig, aliases: set[str]) -> dict[str, ModelClient]:
+    """A client for every routed alias; aliases of one provider share its client."""
+    routes = provider_routes(config, aliases)
+    providers = {}
+    for name, provider in config.providers.items():
+        served = {alias: model for alias, (owner, model) in routes.items() if owner == name}
+        if served or name == config.default_provider:
+            providers[name] = build_provider(name, provider, served)
+    return {alias: providers[owner] for alias, (owner, _) in routes.items()}
+
+
+def prices(config: EngineConfig) -> dict[str, Price]:
+    return {alias: Price(m.input_price, m.output_price, m.cached_input_price) for alias, m in config.models.items()}
+
+
+def rate_limiters(config: EngineConfig) -> dict[str, RateLimiter]:
+    """One limiter per provider with limits, shared by every alias it serves."""
+    limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
+    routes = provider_routes(config, set(DEFAULT_MODEL_ALIASES))
+    return {alias: limiters[name] for alias, (name, _) in routes.items() if name in limiters}

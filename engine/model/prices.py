@@ -1,0 +1,34 @@
+"""What calls cost: prices per million tokens, and the most a request may use before it is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.model.client import ModelRequest, Usage
+from engine.model.tokens import MESSAGE_OVERHEAD, estimate_tokens
+
+DEFAULT_OUTPUT_ESTIMATE = 1024  # tokens assumed for a call without max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None
+
+    def cost(self, usage: Usage) -> float:
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        fresh = usage.input_tokens - usage.cached_input_tokens
+        return (fresh * self.input + usage.cached_input_tokens * cached_price
+                + usage.output_tokens * self.output) / 1_000_000
+
+
+FREE = Price()
+
+
+def estimate_usage(request: ModelRequest) -> Usage:
+    """What a call may cost at most: the gates' upper bound on the prompt, and ``max_tokens`` of answer."""
+    prompt_tokens = sum(estimate_tokens(message.content) + MESSAGE_OVERHEAD for message in request.messages)
+    return Usage(prompt_tokens, request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)

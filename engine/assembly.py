@@ -1,4 +1,4 @@
-"""From an EngineConfig to the parts an engine runs with: a client per alias, prices, rate limiters.
+"""From an EngineConfig to the parts an engine runs with: a client per alias, and the model pipeline.
 
 The one place that knows both the configuration and the providers, so
 neither has to know the other.
@@ -6,12 +6,40 @@ neither has to know the other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from engine.catalog import DEFAULT_MODEL_ALIASES
 from engine.config import EngineConfig
 from engine.model.client import ModelClient
 from engine.model.prices import Price
 from engine.providers import build_provider
+from engine.resilience.breaker import Breakers
+from engine.resilience.call import Sleep
+from engine.resilience.gates import Gatekeeper
+from engine.resilience.pipeline import ModelPipeline, PipelineParts, build_pipeline
+from engine.resilience.provider import Clients
 from engine.resilience.ratelimit import RateLimiter
+
+
+def clients_for(config: EngineConfig, models: ModelClient | Mapping[str, ModelClient] | None) -> Clients:
+    """The configured providers' clients, with ``models`` given directly over them (one client for
+    every alias, or one per alias)."""
+    aliases = set(DEFAULT_MODEL_ALIASES) | set(config.models)
+    if isinstance(models, Mapping):
+        return Clients({**build_clients(config, aliases), **models})
+    if models is not None:
+        return Clients({}, default=models)
+    return Clients(build_clients(config, aliases))
+
+
+def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, prices: Mapping[str, Price],
+                 model_concurrency: Mapping[str, int], sleep: Sleep) -> ModelPipeline:
+    windows = {alias: model.context_window for alias, model in config.models.items()}
+    return build_pipeline(PipelineParts(
+        clients=clients, prices=prices, breakers=breakers, gatekeeper=Gatekeeper(config.gates, windows),
+        tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
+        rate_limiters=rate_limiters(config), model_concurrency=model_concurrency, retry=config.retry, sleep=sleep,
+    ))
 
 
 def provider_routes(config: EngineConfig, aliases: set[str]) -> dict[str, tuple[str, str]]:

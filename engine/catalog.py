@@ -3,7 +3,8 @@
 The compiler checks names against a Catalog. The engine builds one from its
 configuration; the command line uses ``Catalog.default()``: the default model
 aliases plus the addons and templates shipped with Orchestrion and any folders
-given.
+given. The catalog also resolves what a ``workflow:`` task names (one rule, for
+the compiler's checks and the runtime alike) and reads the file, once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.addons import Addon, load_addons
+from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engine.dsl.models import Workflow
 
 # Every alias the seed systems' documents use, so their workflows validate as they are.
 DEFAULT_MODEL_ALIASES = frozenset({
@@ -31,6 +37,7 @@ class Catalog:
     addons: Mapping[str, Addon] = field(default_factory=dict)
     templates: Mapping[str, Path] = field(default_factory=dict)
     functions: frozenset[str] = frozenset()
+    _loaded: dict[Path, tuple[int, Workflow]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def default(
@@ -53,6 +60,43 @@ class Catalog:
 
         return cls(DEFAULT_MODEL_ALIASES | frozenset(models), addons, templates,
                    frozenset(BUILTIN_FUNCTIONS) | frozenset(functions))
+
+
+    def workflow_file(self, reference: str, base: Path | None = None) -> Path:
+        """The file a ``workflow:`` reference names: a path (relative to ``base``, the referring
+        workflow's folder, else the current one), or a template's name. ConfigError if unknown."""
+        if is_workflow_path(reference):
+            return (base if base is not None else Path.cwd()) / reference
+        if reference not in self.templates:
+            raise ConfigError(f"unknown template {reference!r}")
+        return self.templates[reference]
+
+    def has_workflow(self, reference: str, base: Path | None = None) -> bool:
+        try:
+            return self.workflow_file(reference, base).is_file()
+        except ConfigError:
+            return False
+
+    def load_workflow(self, reference: str, base: Path | None = None) -> Workflow:
+        """The workflow a reference names, read once (again if its file changed)."""
+        from engine.dsl.loader import load_workflow
+
+        path = self.workflow_file(reference, base)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return load_workflow(path)  # the loader says what is wrong with the path
+        cached = self._loaded.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        workflow = load_workflow(path)
+        self._loaded[path] = (stamp, workflow)
+        return workflow
+
+
+def is_workflow_path(reference: str) -> bool:
+    """A ``workflow:`` reference is a path if it has a folder or a workflow file's suffix; else a name."""
+    return "/" in reference or reference.endswith(TEMPLATE_SUFFIXES)
 
 
 def find_templates(folder: Path) -> dict[str, Path]:

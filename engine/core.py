@@ -14,6 +14,7 @@ anything runs.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -22,16 +23,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from engine.catalog import DEFAULT_MODEL_ALIASES, Catalog
+from engine.catalog import Catalog
 from engine.compiler import Plan, compile_workflow
+from engine.compiler.policies import ENGINE_RETRY, ENGINE_TIMEOUT
 from engine.dsl.loader import WorkflowSource, load_workflow
 from engine.dsl.models import Workflow
-from engine.errors import ConfigError
-from engine.events import Event
-from engine.model.client import ModelClient
+from engine.events import Emitter, Event
+from engine.model.client import ModelClient, ModelRequest
 from engine.model.prices import Price
+from engine.resilience.call import Call, RunContext, Sleep
 from engine.runtime.bus import EventBus, Listener, Subscription
-from engine.runtime.context import Services, Sleep
+from engine.runtime.context import Ask, PlannedWorkflow, Services
 from engine.runtime.inputs import validate_inputs
 from engine.runtime.results import RunResult
 from engine.runtime.scheduler import run_plan
@@ -40,8 +42,7 @@ from engine.templating import RenderLimits, TemplateRenderer
 if TYPE_CHECKING:
     from engine.chat import ChatReply, ChatSession
     from engine.config import EngineConfig
-    from engine.model.client import ModelRequest
-    from engine.planner import PlanOutcome
+    from engine.planner import Planner, PlannerLimits, PlanOutcome
 
 
 class Engine:
@@ -61,44 +62,40 @@ class Engine:
         sleep: Sleep = anyio.sleep,
         stream_tokens: bool = True,
         event_buffer: int = 1024,
+        planner_limits: PlannerLimits | None = None,
     ) -> None:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
         With neither, every alias runs on the embedded local model (``orchestrion[local]``)."""
-        from engine.assembly import build_clients, prices as configured_prices, rate_limiters
+        from engine.assembly import clients_for, pipeline_for, prices as configured_prices
         from engine.config import EngineConfig
+        from engine.planner import PlannerLimits
         from engine.providers.settings import LlamaCppProviderConfig
         from engine.resilience.breaker import Breakers
-        from engine.resilience.gates import Gatekeeper
+        from engine.routing import BUILTIN_FUNCTIONS
 
         if config is None:
             config = EngineConfig() if models is not None else EngineConfig(
                 providers={"local": LlamaCppProviderConfig(kind="llama_cpp")}, default_provider="local")
         self.config = config
-        from engine.routing import BUILTIN_FUNCTIONS
-
         self.functions: dict[str, Callable[..., Any]] = {**BUILTIN_FUNCTIONS, **(functions or {})}
-        aliases = set(DEFAULT_MODEL_ALIASES) | set(config.models)
-        if isinstance(models, Mapping):
-            clients: dict[str, ModelClient] = {**build_clients(config, aliases), **models}
-        else:
-            clients = build_clients(config, aliases) if models is None else {}
-        self.catalog = Catalog.default(addon_dirs, template_dirs, models=clients, functions=self.functions)
+        self._clients = clients_for(config, models)
+        self.catalog = Catalog.default(addon_dirs, template_dirs, models=self._clients.by_alias,
+                                       functions=self.functions)
+        self.prices = {**configured_prices(config), **(prices or {})}
+        self.planner_limits = planner_limits or PlannerLimits()
         self.event_buffer = event_buffer
         self._listeners: list[Listener] = []
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
         self._breakers = Breakers(config.breaker)
         self._sessions: dict[str, ChatSession] = {}
+        self._pipeline = pipeline_for(config, self._clients, self._breakers, prices=self.prices,
+                                      model_concurrency={**config.model_concurrency, **(model_concurrency or {})},
+                                      sleep=sleep)
         self._services = Services(
-            clients=clients, default_client=None if isinstance(models, Mapping) else models,
-            functions=self.functions, renderer=TemplateRenderer(render_limits or RenderLimits()),
-            catalog=self.catalog, prices={**configured_prices(config), **(prices or {})},
-            model_concurrency={**config.model_concurrency, **(model_concurrency or {})},
-            compile=self.compile, load_template=self._load_template, sleep=sleep, stream_tokens=stream_tokens,
-            breakers=self._breakers,
-            gatekeeper=Gatekeeper(config.gates, {alias: m.context_window for alias, m in config.models.items()}),
-            tokenizers={alias: m.tokenizer for alias, m in config.models.items()},
-            rate_limiters=rate_limiters(config), retry=config.retry,
+            pipeline=self._pipeline, functions=self.functions,
+            renderer=TemplateRenderer(render_limits or RenderLimits()), catalog=self.catalog,
+            compile=self.compile, plan_workflow=self._plan_workflow, stream_tokens=stream_tokens,
         )
 
     @classmethod
@@ -122,24 +119,39 @@ class Engine:
         return outcome.workflow
 
     async def plan_outcome(self, request: str, *, model: str | None = None) -> PlanOutcome:
+        """Every attempt of the master planner (first try and repairs) and the workflow, if any.
+        The planner's calls go through the model pipeline like a ``plan:`` task's: gates, breakers,
+        retries, timeouts and events (``task_id`` "plan")."""
+        alias = model or self._services.planner_model
+        bus = EventBus(self._listeners)
+        call = Call("plan", RunContext(Emitter(f"plan-{uuid.uuid4().hex}", bus.emit if bus.active else None)),
+                    timeout=ENGINE_TIMEOUT, retry=ENGINE_RETRY)
+
+        async def ask(message: ModelRequest) -> Any:
+            return await self._pipeline.answer(message, call, raw=True)  # the planner checks it
+
+        return await self._planner(ask, alias).plan(request)
+
+    def _planner(self, ask: Ask, alias: str) -> Planner:
         from engine.planner import Planner
 
-        alias = model or self._services.planner_model
-        client = self._services.client(alias)
+        return Planner(ask, self.catalog, self.compile, model=alias, limits=self.planner_limits, prices=self.prices)
 
-        async def ask(message: ModelRequest) -> str:
-            return (await client.complete(message)).text
+    async def _plan_workflow(self, request: str, ask: Ask, alias: str, task_id: str) -> PlannedWorkflow:
+        """A ``plan:`` task's planner: the checked workflow, or a TaskError with the last problems."""
+        from engine.planner import plan_failed
 
-        planner = Planner(ask, self.catalog, self.compile, model=alias, limits=self._services.planner_limits,
-                          prices=self._services.prices)
-        return await planner.plan(request)
+        outcome = await self._planner(ask, alias).plan(request)
+        if outcome.workflow is None or outcome.document is None:
+            raise plan_failed(outcome, task_id)
+        return PlannedWorkflow(outcome.workflow, outcome.document, len(outcome.attempts))
 
     async def chat(self, message: str, *, session_id: str = "default", template: str = "chat") -> ChatReply:
         """One turn of a conversation: the ``chat`` template with the session's history."""
         from engine.chat import ChatSession, reply_from
 
         session = self._sessions.setdefault(session_id, ChatSession(session_id))
-        result = await self.run(self._load_template(template, None),
+        result = await self.run(self.catalog.load_workflow(template),
                                 {"message": message, "history": session.history()})
         reply = reply_from(result, session)
         if reply.ok:
@@ -156,7 +168,7 @@ class Engine:
 
     async def aclose(self) -> None:
         """Close the providers' HTTP connections."""
-        for client in {id(c): c for c in self._services.clients.values()}.values():
+        for client in self._clients.all():
             close = getattr(client, "aclose", None)
             if close is not None:
                 await close()
@@ -187,8 +199,8 @@ class Engine:
                   *, run_id: str | None = None) -> RunResult:
         """Run a workflow to the end. Invalid workflows and inputs raise before anything runs;
         a failed run is a RunResult with ``status == "failed"`` (``raise_for_status()`` raises)."""
-        loaded, plan, values = self._prepare(workflow, inputs)
-        return await run_plan(self._services, plan, loaded, values, bus=EventBus(self._listeners), run_id=run_id)
+        plan, values = self._prepare(workflow, inputs)
+        return await run_plan(self._services, plan, values, bus=EventBus(self._listeners), run_id=run_id)
 
     @asynccontextmanager
     async def stream(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
@@ -198,14 +210,14 @@ class Engine:
         Leaving the block before the run ends cancels it. After the last event
         (``run_finished``), ``events.result`` holds the RunResult.
         """
-        loaded, plan, values = self._prepare(workflow, inputs)
+        plan, values = self._prepare(workflow, inputs)
         bus = EventBus(self._listeners)
         subscription = bus.subscribe(buffer or self.event_buffer)
         events = RunEvents(subscription)
 
         async def drive() -> None:
             try:
-                events.result = await run_plan(self._services, plan, loaded, values, bus=bus)
+                events.result = await run_plan(self._services, plan, values, bus=bus)
             finally:
                 subscription.close()
 
@@ -223,20 +235,9 @@ class Engine:
         """``run`` for code without an event loop."""
         return anyio.run(functools.partial(self.run, workflow, inputs), backend=backend)
 
-    def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None
-                 ) -> tuple[Workflow, Plan, dict[str, Any]]:
-        loaded = load_workflow(workflow)
-        plan = self.compile(loaded)
-        return loaded, plan, validate_inputs(plan.inputs, inputs)
-
-    def _load_template(self, reference: str, parent: Workflow | None) -> Workflow:
-        if "/" in reference or reference.endswith((".yaml", ".yml", ".json")):
-            origin = parent.origin if parent is not None else None
-            base = origin.file.parent if origin is not None and origin.file is not None else Path.cwd()
-            return load_workflow(base / reference)
-        if reference not in self.catalog.templates:
-            raise ConfigError(f"unknown template {reference!r}")
-        return load_workflow(self.catalog.templates[reference])
+    def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None) -> tuple[Plan, dict[str, Any]]:
+        plan = self.compile(workflow)
+        return plan, validate_inputs(plan.inputs, inputs)
 
 
 class RunEvents:

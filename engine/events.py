@@ -3,20 +3,29 @@
 Every event carries ``run_id`` and ``time`` (Unix seconds); task events carry
 ``task_id`` (the node id: ``draft@2`` for a round of a repeated stage) and
 ``attempt``. ``Event.to_dict()`` / ``event_from_dict()`` round-trip through JSON.
+
+Events are emitted through an ``Emitter``, which stamps the run id and the
+time and builds nothing when nobody listens; its signature is the event's
+own, so the type checker checks every emit site.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import time as clock
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Concatenate, ParamSpec
+
+P = ParamSpec("P")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     type: ClassVar[str] = "event"
     run_id: str
     time: float
+    _: KW_ONLY
     task_id: str | None = None
     attempt: int | None = None
 
@@ -144,3 +153,27 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     fields = dict(data)
     cls = EVENT_TYPES[fields.pop("type")]
     return cls(**fields)
+
+
+Sink = Callable[[Event], None]
+
+
+class Emitter:
+    """Sends one run's events to a sink, stamped with the run id and the time."""
+
+    __slots__ = ("run_id", "sink")
+
+    def __init__(self, run_id: str, sink: Sink | None) -> None:
+        self.run_id = run_id
+        self.sink = sink  # None: nobody listens, and no event is built
+
+    @property
+    def active(self) -> bool:
+        return self.sink is not None
+
+    def __call__(self, factory: Callable[Concatenate[str, float, P], Event], *args: P.args, **kwargs: P.kwargs) -> None:
+        if self.sink is not None:
+            self.sink(factory(self.run_id, clock.time(), *args, **kwargs))
+
+
+SILENT = Emitter("", None)

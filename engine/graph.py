@@ -50,7 +50,7 @@ def _label(node: Node) -> str:
     if node.policies is not None and node.policies.models:
         detail = " → ".join(node.policies.models)
     elif node.task is not None and node.task.kind in ("call", "workflow"):
-        detail = f"{node.task.kind}: {getattr(node.task, node.task.kind)}"
+        detail = f"{node.task.kind}: {node.task.source}"
     return f"{node.id}\n{detail}"
 
 

@@ -202,9 +202,9 @@ class Planner:
         """Each model call's prompt (before templating) plus a full answer, at its alias's price."""
         total = 0.0
         for node in plan.nodes.values():
-            if node.task is not None and node.task.prompt is not None and node.policies and node.policies.models:
+            if node.task is not None and node.task.kind == "prompt" and node.policies and node.policies.models:
                 alias = node.policies.models[0]
-                request = ModelRequest(alias, (Message("user", node.task.prompt),), max_tokens=node.policies.max_tokens)
+                request = ModelRequest(alias, (Message("user", node.task.source),), max_tokens=node.policies.max_tokens)
                 total += self.prices.get(alias, Price()).cost(estimate_usage(request))
         return total
 

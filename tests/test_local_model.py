@@ -61,7 +61,7 @@ async def test_token_counts_are_exact(local: LlamaCppProvider) -> None:
                      (Message("user", "a"), Message("assistant", "b"), Message("user", "c"))]:
         request = ModelRequest("fast_ai", messages, max_tokens=2)
         response = await local.complete(request)
-        assert local.count_tokens(request) == response.usage.input_tokens
+        assert await local.count_tokens(request) == response.usage.input_tokens
 
 
 async def test_calls_stay_off_the_event_loop(local: LlamaCppProvider) -> None:

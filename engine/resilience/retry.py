@@ -1,4 +1,9 @@
-"""tenacity strategies for model calls.
+"""The retry stage, and its tenacity strategies.
+
+The stage sends the first attempt bare: tenacity's machinery costs about as
+much as the rest of a call, and most calls succeed at once. A transient
+failure is replayed into tenacity, so attempt numbers, waits and the stop
+rules are exactly tenacity's. Each retry is announced (``TaskRetrying``).
 
 - ``wait``: full jitter (a random delay between 0 and ``initial * backoff**n``,
   capped at ``max_delay`` after the jitter), unless the error carries a
@@ -15,12 +20,52 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from tenacity import RetryCallState
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 from engine.compiler.plan import RetrySpec
 from engine.errors import ModelError
+from engine.events import TaskRetrying
+from engine.model.client import ModelRequest, ModelResponse
+from engine.resilience.call import Call, Handler, Sleep
+
+
+class RetryStage:
+    def __init__(self, inner: Handler, sleep: Sleep, attempts_per_kind: Mapping[Any, int],
+                 retry_after_max: float) -> None:
+        self.inner = inner
+        self.sleep = sleep
+        self.attempts_per_kind = attempts_per_kind
+        self.retry_after_max = retry_after_max
+
+    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+        try:
+            return await self.inner(request, call)
+        except ModelError as error:
+            spec = call.retry
+            if not error.transient or spec is None or spec.max_attempts <= 1:
+                raise
+            first_failure = [error]
+        async for attempt in self._retrying(spec, request.model, call):
+            with attempt:
+                if first_failure:
+                    raise first_failure.pop()
+                return await self.inner(request, call)
+        raise AssertionError("tenacity returns or re-raises")
+
+    def _retrying(self, spec: RetrySpec, model: str, call: Call) -> AsyncRetrying:
+        def announce(retry_state: RetryCallState) -> None:
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(error, ModelError) and retry_state.next_action is not None:
+                call.run.emit(TaskRetrying, task_id=call.task_id, attempt=call.attempts, model=model,
+                              error_kind=error.kind, error=error.message, delay_s=retry_state.next_action.sleep)
+
+        return AsyncRetrying(
+            stop=ModelStop(spec, self.attempts_per_kind), sleep=self.sleep, reraise=True,
+            wait=ModelWait(spec, self.retry_after_max), before_sleep=announce,
+            retry=retry_if_exception(lambda error: isinstance(error, ModelError) and error.transient),
+        )
 
 
 class ModelWait(wait_base):

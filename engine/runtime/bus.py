@@ -87,7 +87,3 @@ class EventBus:
         subscription = Subscription(buffer)
         self.subscriptions.append(subscription)
         return subscription
-
-    def close(self) -> None:
-        for subscription in self.subscriptions:
-            subscription.close()

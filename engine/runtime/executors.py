@@ -1,34 +1,37 @@
-"""What each kind of node does once it may run: prompt, call, workflow (and plan).
+"""What each kind of node does once it may run: prompt, call, workflow and plan.
 
 An executor gets the node's variables and returns its output; ``for_each``
 is handled here too: the node's kind runs once per item, at most
 ``max_concurrency`` at a time, and the output is the list in item order.
+A prompt goes through the engine's model pipeline; a nested run (``workflow``,
+``plan``) through the ``Nested`` callable the scheduler gives.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
 
-from engine.compiler.plan import Node
-from engine.dsl.models import Task, Workflow
+from engine.compiler.plan import Node, Plan, TaskSpec
 from engine.errors import FunctionError, TaskError
 from engine.events import PlanCreated
-from engine.model.client import build_request
-from engine.runtime.calls import ModelCaller
+from engine.model.client import ModelRequest, build_request
+from engine.resilience.call import Call
 from engine.runtime.context import RunState, Services
 from engine.runtime.inputs import validate_inputs
 from engine.runtime.prompting import system_message
-from engine.runtime.results import TaskResult
+from engine.runtime.results import RunResult, TaskResult
+
+Nested = Callable[[Plan, dict[str, Any]], Awaitable[RunResult]]  # a run inside this one, one level deeper
 
 
-async def execute(services: Services, state: RunState, node: Node, result: TaskResult) -> Any:
+async def execute(services: Services, state: RunState, node: Node, result: TaskResult, nested: Nested) -> Any:
     """Run ``node`` (every item of a ``for_each``); return its output."""
-    return await _Executor(services, state, node, result).run()
+    return await _Executor(services, state, node, result, nested).run()
 
 
 def first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -40,28 +43,27 @@ def first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class _Executor:
-    def __init__(self, services: Services, state: RunState, node: Node, result: TaskResult) -> None:
+    __slots__ = ("nested", "node", "result", "services", "spec", "state")
+
+    def __init__(self, services: Services, state: RunState, node: Node, result: TaskResult, nested: Nested) -> None:
         assert node.task is not None
-        self.services, self.state, self.node, self.result = services, state, node, result
-        self.task: Task = node.task
+        self.services, self.state, self.node, self.result, self.nested = services, state, node, result, nested
+        self.spec: TaskSpec = node.task
 
     async def run(self) -> Any:
+        spec = self.spec
         variables = self.state.variables(self.node)
-        if self.task.for_each is None:
+        if spec.for_each is None:
             return await self._once(variables)
-        items = self.services.renderer.evaluate(self.task.for_each, variables)
+        items = self.services.renderer.evaluate(spec.for_each, variables)
         if not isinstance(items, list | tuple):
             raise TaskError(f"for_each gave a {type(items).__name__}, not a list", task_id=self.node.id)
-        return await self._each(list(items), variables)
-
-    async def _each(self, items: list[Any], variables: dict[str, Any]) -> list[Any]:
         outputs: list[Any] = [None] * len(items)
-        limiter = anyio.CapacityLimiter(self.task.max_concurrency or max(len(items), 1))
-        name = self.task.as_ or "item"
+        limiter = anyio.CapacityLimiter(spec.max_concurrency or max(len(items), 1))
 
         async def one(index: int, item: Any) -> None:
             async with limiter:
-                outputs[index] = await self._once({**variables, name: item})
+                outputs[index] = await self._once({**variables, spec.item_name: item})
 
         try:
             async with anyio.create_task_group() as group:
@@ -72,40 +74,45 @@ class _Executor:
         return outputs
 
     async def _once(self, variables: dict[str, Any]) -> Any:
-        if self.task.prompt is not None:
-            return await self._prompt(self.task.prompt, variables)
-        if self.task.call is not None:
-            return await self._call(self.task.call, variables)
-        if self.task.workflow is not None:
-            return await self._workflow(self.task.workflow, variables)
-        assert self.task.plan is not None
-        return await self._plan(self.task.plan, variables)
+        kind = self.spec.kind
+        if kind == "prompt":
+            return await self._prompt(variables)
+        if kind == "call":
+            return await self._call(variables)
+        if kind == "workflow":
+            return await self._workflow(variables)
+        return await self._plan(variables)
 
-    async def _prompt(self, prompt: str, variables: dict[str, Any]) -> Any:
-        policies, renderer = self.node.policies, self.services.renderer
+    async def _prompt(self, variables: dict[str, Any]) -> Any:
+        spec, policies, services = self.spec, self.node.policies, self.services
         assert policies is not None
-        schema = self.task.output.schema_ if self.task.output is not None else None
-        system = self._system_message(variables, schema)
-        request = build_request(policies.models[0], system, renderer.render(prompt, variables),
-                                temperature=policies.temperature, max_tokens=policies.max_tokens, schema=schema)
-        return await ModelCaller(self.services, self.state, self.node, self.result).call(request)
+        request = build_request(policies.models[0], self._system_message(variables),
+                                services.renderer.render(spec.source, variables), temperature=policies.temperature,
+                                max_tokens=policies.max_tokens, schema=spec.output_schema)
+        call = Call(self.node.id, self.state.calls, policies.timeout, policies.retry)
+        try:
+            return await services.pipeline.answer(request, call, policies.models)
+        finally:
+            _tally(self.result, call)
 
-    def _system_message(self, variables: dict[str, Any], schema: Mapping[str, Any] | None) -> str | None:
+    def _system_message(self, variables: dict[str, Any]) -> str | None:
         """System prompt, addons and the schema instruction; computed once per node unless templated."""
+        cached, node_id = self.state.system_messages, self.node.id
+        if node_id in cached:
+            return cached[node_id]
         policies = self.node.policies
         assert policies is not None
-        if self.node.id in self.state.system_messages:
-            return self.state.system_messages[self.node.id]
         templated = policies.system is not None and "{" in policies.system
         system = self.services.renderer.render(policies.system, variables) if policies.system else None
-        message = system_message(system, policies.addons, self.services.catalog.addons, schema)
+        message = system_message(system, policies.addons, self.services.catalog.addons, self.spec.output_schema)
         if not templated:
-            self.state.system_messages[self.node.id] = message
+            cached[node_id] = message
         return message
 
-    async def _call(self, name: str, variables: dict[str, Any]) -> Any:
+    async def _call(self, variables: dict[str, Any]) -> Any:
+        name = self.spec.source
         function = self.services.functions[name]
-        arguments = self._arguments(self.task.with_ or {}, variables)
+        arguments = self._arguments(self.spec.arguments or {}, variables)
         self.result.attempts += 1
         try:
             if inspect.iscoroutinefunction(function):
@@ -117,49 +124,49 @@ class _Executor:
             raise FunctionError(f"{name} raised {type(exc).__name__}: {exc}", task_id=self.node.id,
                                 attempt=self.result.attempts) from exc
 
-    async def _workflow(self, reference: str, variables: dict[str, Any]) -> Any:
-
+    async def _workflow(self, variables: dict[str, Any]) -> Any:
         self._check_depth()
-        workflow = self.services.load_template(reference, self.state.workflow)
-        arguments = self._arguments(self.task.with_ or {}, variables)
-        return await self._nested(workflow, arguments, f"workflow {reference!r}")
+        services = self.services
+        plan = services.compile(services.load_workflow(self.spec.source, self.state.plan.base_dir))
+        arguments = self._arguments(self.spec.arguments or {}, variables)
+        return await self._nested(plan, arguments, f"workflow {self.spec.source!r}")
+
+    async def _plan(self, variables: dict[str, Any]) -> Any:
+        """Ask the master planner for a workflow, announce it, run it as a nested run."""
+        self._check_depth()
+        services, policies, node = self.services, self.node.policies, self.node
+        assert policies is not None
+        chain = policies.models or (services.planner_model,)
+        call = Call(node.id, self.state.calls, policies.timeout, policies.retry)
+
+        async def ask(request: ModelRequest) -> Any:
+            return await services.pipeline.answer(request, call, chain, raw=True)  # the planner checks it
+
+        try:
+            planned = await services.plan_workflow(services.renderer.render(self.spec.source, variables), ask,
+                                                   chain[0], node.id)
+        finally:
+            _tally(self.result, call)
+        self.state.emit(PlanCreated, task_id=node.id, attempt=planned.attempts, workflow=planned.document,
+                        attempts=planned.attempts)
+        return await self._nested(services.compile(planned.workflow), {}, "the planned workflow")
 
     def _check_depth(self) -> None:
         if self.state.depth >= self.services.max_depth:
             raise TaskError(f"workflows nested deeper than {self.services.max_depth}", task_id=self.node.id)
 
-    async def _nested(self, workflow: Workflow, arguments: dict[str, Any], what: str) -> Any:
+    async def _nested(self, plan: Plan, arguments: dict[str, Any], what: str) -> Any:
         """Run a workflow inside this run: same events, same budget, one level deeper."""
-        from engine.runtime.scheduler import run_plan  # the scheduler runs executors: import it late
-
-        plan = self.services.compile(workflow)
         inputs = validate_inputs(plan.inputs, arguments)
-        self.result.attempts += 1
-        nested = await run_plan(self.services, plan, workflow, inputs, bus=self.state.bus, budget=self.state.budget,
-                                depth=self.state.depth + 1)
-        self.result.input_tokens += nested.totals.input_tokens
-        self.result.output_tokens += nested.totals.output_tokens
-        self.result.cost_usd += nested.totals.cost_usd
-        if nested.status != "succeeded":
-            raise TaskError(f"{what} {nested.status}: {nested.error}", task_id=self.node.id)
-        return nested.outputs
-
-    async def _plan(self, request_template: str, variables: dict[str, Any]) -> Any:
-        """Ask the master planner for a workflow, announce it, run it as a nested run."""
-        from engine.planner import Planner, plan_failed
-
-        self._check_depth()
-        assert self.node.policies is not None
-        chain = self.node.policies.models or (self.services.planner_model,)
-        caller = ModelCaller(self.services, self.state, self.node, self.result)
-        planner = Planner(lambda request: caller.call(request, chain), self.services.catalog, self.services.compile,
-                          model=chain[0], limits=self.services.planner_limits, prices=self.services.prices)
-        outcome = await planner.plan(self.services.renderer.render(request_template, variables))
-        if outcome.workflow is None or outcome.document is None:
-            raise plan_failed(outcome, self.node.id)
-        self.state.emit(PlanCreated, task_id=self.node.id, attempt=len(outcome.attempts),
-                        workflow=outcome.document, attempts=len(outcome.attempts))
-        return await self._nested(outcome.workflow, {}, "the planned workflow")
+        result = self.result
+        result.attempts += 1
+        outcome = await self.nested(plan, inputs)
+        result.input_tokens += outcome.totals.input_tokens
+        result.output_tokens += outcome.totals.output_tokens
+        result.cost_usd += outcome.totals.cost_usd
+        if outcome.status != "succeeded":
+            raise TaskError(f"{what} {outcome.status}: {outcome.error}", task_id=self.node.id)
+        return outcome.outputs
 
     def _arguments(self, value: Any, variables: Mapping[str, Any]) -> Any:
         """Strings are templates (a lone ``{{ expression }}`` keeps its type); containers recurse."""
@@ -170,3 +177,13 @@ class _Executor:
         if isinstance(value, list):
             return [self._arguments(item, variables) for item in value]
         return value
+
+
+def _tally(result: TaskResult, call: Call) -> None:
+    """A call's attempts, tokens and cost add up into the node's result (every item of a for_each)."""
+    result.attempts += call.attempts
+    result.input_tokens += call.input_tokens
+    result.output_tokens += call.output_tokens
+    result.cost_usd += call.cost_usd
+    if call.model is not None:
+        result.model = call.model

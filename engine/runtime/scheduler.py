@@ -1,11 +1,14 @@
 """The dataflow scheduler: each node starts the moment the nodes it waits for are done.
 
-One anyio task per node, spawned when its last dependency finishes (a
-counter per node, no polling, no barriers beyond the plan's edges). A node
-that may not run is skipped: its repeated stage already ended, every value it
-reads was skipped, or its ``when`` is false. A failed critical node cancels
-everything still running and fails the run; a failed non-critical node
-outputs null and the run goes on. Cancelling the caller cancels every branch.
+One anyio task per ready node, spawned when its last dependency finishes (a
+counter per node, no polling, no barriers beyond the plan's edges); a task
+goes on with the first child it makes ready, so a chain runs in one task. A
+node that may not run is skipped: its repeated stage already ended, every
+value it reads was skipped, or its ``when`` is false. A failed critical node
+cancels everything still running and fails the run; a failed non-critical
+node outputs null and the run goes on. Cancelling the caller cancels every
+branch. The run's per-attempt deadlines are watched by one task beside the
+nodes (``resilience.timeout.Deadlines``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 
 from engine.compiler.plan import Node, NodeId, Plan
-from engine.dsl.models import Workflow
 from engine.errors import BudgetExceededError, OrchestrionError, TaskError
-from engine.events import RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
+from engine.events import Emitter, RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.resilience.budget import Budget
+from engine.resilience.call import RunContext
+from engine.resilience.timeout import Deadlines
 from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, Services
 from engine.runtime.executors import execute
@@ -30,19 +36,21 @@ from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
 
 
 async def run_plan(
-    services: Services, plan: Plan, workflow: Workflow | None, inputs: dict[str, Any], *, bus: EventBus,
+    services: Services, plan: Plan, inputs: dict[str, Any], *, bus: EventBus,
     budget: Budget | None = None, depth: int = 0, run_id: str | None = None,
 ) -> RunResult:
     """Run a compiled plan with validated inputs; never raises for a task's failure."""
-    state = RunState(run_id or uuid.uuid4().hex, plan, workflow, inputs, bus,
-                     budget or Budget(plan.limits.max_cost_usd), depth)
-    return await _Scheduler(services, state).run()
+    run_id = run_id or uuid.uuid4().hex
+    calls = RunContext(Emitter(run_id, bus.emit if bus.active else None), budget or Budget(plan.limits.max_cost_usd),
+                       Deadlines() if plan.has_timeouts else None, services.stream_tokens)
+    return await _Scheduler(services, RunState(run_id, plan, inputs, calls, depth), bus).run()
 
 
 class _Scheduler:
-    def __init__(self, services: Services, state: RunState) -> None:
+    def __init__(self, services: Services, state: RunState, bus: EventBus) -> None:
         self.services = services
         self.state = state
+        self.bus = bus
         self.plan = state.plan
         self.waiting = {node_id: len(node.depends_on) for node_id, node in self.plan.nodes.items()}
         self.state.results = {node_id: TaskResult(node_id) for node_id in self.plan.nodes}
@@ -58,11 +66,7 @@ class _Scheduler:
         status: RunStatus = "succeeded"
         try:
             with anyio.fail_after(self.plan.limits.timeout):
-                async with anyio.create_task_group() as group:
-                    self.group = group
-                    for node_id, count in self.waiting.items():
-                        if count == 0:
-                            group.start_soon(self._run_node, self.plan.nodes[node_id])
+                await self._run_nodes()
         except TimeoutError:
             status, self.failure = "failed", TimeoutError(f"the run took longer than {self.plan.limits.timeout} s")
         except anyio.get_cancelled_exc_class():
@@ -74,6 +78,18 @@ class _Scheduler:
         if status == "succeeded" and self.failure is not None:
             status = "failed"  # an output failed to render
         return self._finish(status, started, outputs)
+
+    async def _run_nodes(self) -> None:
+        deadlines = self.state.calls.deadlines
+        async with anyio.create_task_group() as outer:
+            if deadlines is not None:
+                outer.start_soon(deadlines.watch)
+            async with anyio.create_task_group() as group:
+                self.group = group
+                for node_id, count in self.waiting.items():
+                    if count == 0:
+                        group.start_soon(self._run_node, self.plan.nodes[node_id])
+            outer.cancel_scope.cancel()  # every node is done: stop watching deadlines
 
     async def _run_node(self, node: Node | None) -> None:
         # This task goes on with one ready child and spawns tasks only for the others: a chain
@@ -105,26 +121,30 @@ class _Scheduler:
     def _release(self, node: Node) -> Node | None:
         """Count down the children; spawn all ready ones but the first, which is returned."""
         assert self.group is not None
+        waiting, nodes = self.waiting, self.plan.nodes
         ready: Node | None = None
         for child in self.plan.dependents[node.id]:
-            self.waiting[child] -= 1
-            if self.waiting[child] == 0:
+            waiting[child] -= 1
+            if waiting[child] == 0:
                 if ready is None:
-                    ready = self.plan.nodes[child]
+                    ready = nodes[child]
                 else:
-                    self.group.start_soon(self._run_node, self.plan.nodes[child])
+                    self.group.start_soon(self._run_node, nodes[child])
         return ready
 
     def _skip_reason(self, node: Node) -> str | None:
-        stopped = self.state.stopped_rounds.get(node.group or "")
-        if stopped is not None and node.round is not None and node.round > stopped:
-            return f"the repeated stage ended after round {stopped}"
-        read = [binding for binding in node.bindings.values() if binding.kind == "task"]
-        results = self.state.results
-        if read and all(results[n].status == "skipped" for binding in read for n in binding.nodes):
-            return "every value it reads was skipped"
+        state = self.state
+        if state.stopped_rounds:
+            stopped = state.stopped_rounds.get(node.group or "")
+            if stopped is not None and node.round is not None and node.round > stopped:
+                return f"the repeated stage ended after round {stopped}"
+        if node.bindings:
+            read = [binding for binding in node.bindings.values() if binding.kind == "task"]
+            results = state.results
+            if read and all(results[n].status == "skipped" for binding in read for n in binding.nodes):
+                return "every value it reads was skipped"
         when = node.task.when if node.task is not None else None
-        if when is not None and not self.services.renderer.evaluate(when, self.state.variables(node)):
+        if when is not None and not self.services.renderer.evaluate(when, state.variables(node)):
             return f"`when` is false: {when}"
         return None
 
@@ -143,10 +163,11 @@ class _Scheduler:
     async def _execute(self, node: Node, result: TaskResult) -> None:
         state = self.state
         result.started_at = time.time()
-        model = node.policies.models[0] if node.policies and node.policies.models else None
-        state.emit(TaskStarted, task_id=node.id, attempt=1, model=model)
+        if state.emit.active:
+            model = node.policies.models[0] if node.policies and node.policies.models else None
+            state.emit(TaskStarted, task_id=node.id, attempt=1, model=model)
         try:
-            output = await execute(self.services, state, node, result)
+            output = await execute(self.services, state, node, result, self._nested)
         except anyio.get_cancelled_exc_class():
             result.status, result.ended_at = "cancelled", time.time()
             raise
@@ -159,6 +180,11 @@ class _Scheduler:
                    input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                    cost_usd=result.cost_usd, latency_s=result.ended_at - result.started_at)
 
+    async def _nested(self, plan: Plan, inputs: dict[str, Any]) -> RunResult:
+        """A workflow run inside this one: the same events and budget, one level deeper."""
+        return await run_plan(self.services, plan, inputs, bus=self.bus, budget=self.state.calls.budget,
+                              depth=self.state.depth + 1)
+
     def _fail(self, node: Node, result: TaskResult, error: BaseException) -> None:
         critical = node.policies.critical if node.policies is not None else True
         fatal = critical or isinstance(error, BudgetExceededError)
@@ -168,7 +194,7 @@ class _Scheduler:
         self.state.emit(TaskFailed, task_id=node.id, attempt=result.attempts or None,
                         error_kind=result.error_kind, error=result.error, critical=fatal)
         logger().warning("orchestrion task failed", orchestrion_run_id=self.state.run_id,
-                    orchestrion_task_id=node.id, error_kind=result.error_kind, critical=fatal)
+                         orchestrion_task_id=node.id, error_kind=result.error_kind, critical=fatal)
         if fatal and self.failure is None:
             self.failure, self.failed_node = error, node.id
             assert self.group is not None

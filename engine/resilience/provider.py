@@ -1,0 +1,70 @@
+"""The last stage: the provider's client answers, whole or streamed as ``TokenDelta`` events.
+
+It counts the attempt and names the alias that answered. A streamed answer
+is streamed only when somebody listens to the run's events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+
+from engine.errors import ConfigError, ModelError
+from engine.events import TokenDelta
+from engine.model.client import ModelClient, ModelRequest, ModelResponse, TextDelta
+from engine.resilience.call import Call
+
+
+class Clients:
+    """The client of each alias (or one for every alias)."""
+
+    def __init__(self, by_alias: Mapping[str, ModelClient], default: ModelClient | None = None) -> None:
+        self.by_alias = dict(by_alias)
+        self.default = default
+
+    def __call__(self, alias: str) -> ModelClient:
+        client = self.by_alias.get(alias, self.default)
+        if client is None:
+            raise ConfigError(f"no model client for the alias {alias!r}: configure it under `models:` "
+                              "or give Engine(models=...)")
+        return client
+
+    def all(self) -> list[ModelClient]:
+        """Each distinct client once."""
+        every = [*self.by_alias.values(), *([self.default] if self.default is not None else [])]
+        return list({id(client): client for client in every}.values())
+
+
+class ProviderStage:
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+
+    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+        client = self.clients(request.model)
+        call.attempts += 1
+        if call.run.stream_tokens and call.run.emit.active:
+            response = await _streamed(client, request, call)
+        else:
+            response = await client.complete(request)
+        call.model = request.model
+        return response
+
+
+async def _streamed(client: ModelClient, request: ModelRequest, call: Call) -> ModelResponse:
+    final: ModelResponse | None = None
+    pieces = client.stream(request)
+    try:
+        async for piece in pieces:
+            if isinstance(piece, TextDelta):
+                call.run.emit(TokenDelta, task_id=call.task_id, attempt=call.attempts, text=piece.text)
+            else:
+                final = piece
+    finally:
+        close = getattr(pieces, "aclose", None)  # an async generator left early is closed now, not by GC
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await close()
+    if final is None:
+        raise ModelError("server_error", "the model's stream ended without a final response", model=request.model)
+    return final

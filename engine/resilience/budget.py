@@ -5,7 +5,7 @@ full answer) is reserved against the run's ``limits.max_cost_usd``; after it,
 the reservation is settled on the real usage, and the call's tokens and cost
 are tallied. Reservations make concurrent tasks see each other's pending
 spend, so they cannot together pass the limit. Without a limit nothing is
-estimated.
+estimated. (The provider stage tallies every call's tokens and cost.)
 """
 
 from __future__ import annotations
@@ -18,31 +18,30 @@ from engine.model.client import ModelRequest, ModelResponse
 from engine.model.prices import FREE, Price, estimate_usage
 
 if TYPE_CHECKING:
-    from engine.resilience.call import Call, Handler
+    from engine.resilience.call import Call, Pending
 
 
 class SpendStage:
-    def __init__(self, inner: Handler, prices: Mapping[str, Price]) -> None:
-        self.inner = inner
+    """Reserves an attempt's most expensive outcome before it, settles on its real cost after it."""
+
+    def __init__(self, prices: Mapping[str, Price]) -> None:
         self.prices = prices
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
-        price = self.prices.get(request.model, FREE)
+    def enter(self, request: ModelRequest, call: Call) -> Pending:
         budget = call.run.budget
-        reserved = 0.0
         if budget.limit is not None:  # before any wait: nothing is spent if refused
-            reserved = budget.reserve(price.cost(estimate_usage(request)), call.task_id)
-        try:
-            response = await self.inner(request, call)
-        except BaseException:
-            budget.settle(reserved, 0.0)
-            raise
-        cost = price.cost(response.usage)
-        budget.settle(reserved, cost)
-        call.input_tokens += response.usage.input_tokens
-        call.output_tokens += response.usage.output_tokens
-        call.cost_usd += cost
-        return response
+            call.reserved = budget.reserve(self._price(request).cost(estimate_usage(request)), call.task_id)
+        return None
+
+    def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
+             error: BaseException | None) -> Pending:
+        budget = call.run.budget
+        if budget.limit is not None:
+            budget.settle(call.reserved, self._price(request).cost(response.usage) if response is not None else 0.0)
+        return None
+
+    def _price(self, request: ModelRequest) -> Price:
+        return self.prices.get(request.model, FREE)
 
 
 class Budget:

@@ -1,16 +1,24 @@
 """The context a model call carries through the pipeline, and the shape of a stage.
 
-A stage is a ``Handler``: it takes the request and the ``Call`` and returns the
-provider's ModelResponse, usually by awaiting the next stage. The ``Call`` is
-one task's: its policies (timeout, retry), its tallies (attempts, tokens, cost,
-the model that answered), and the ``RunContext`` it shares with every call of
-the run (events, budget, deadlines, per-alias slots).
+Every attempt passes the pipeline's stages in order: each stage's ``enter``
+runs before the provider is called (it may refuse by raising, or return an
+awaitable to wait on: a rate limit, a free slot), and after the provider's
+answer or error, each entered stage's ``exit`` runs, innermost first. A
+stage that must wrap the call itself (the timeout) is a ``Handler``
+instead. All of it runs in one coroutine per attempt, so a call in flight
+holds one frame for the whole pipeline, not one per stage.
+
+The ``Call`` is one task's: its policies (timeout, retry), its tallies
+(attempts, tokens, cost, the model that answered), what its stages note for
+their exit, and the ``RunContext`` it shares with every call of the run
+(events, budget, deadlines, per-alias slots).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 
@@ -34,22 +42,51 @@ class RunContext:
     model_slots: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Call:
-    """One task's model calls: its policies, its tallies, and its run."""
+class Tally(Protocol):
+    """Where a task's calls add up (the runtime's TaskResult is one)."""
 
-    task_id: str
-    run: RunContext
-    timeout: float | None = None
-    retry: RetrySpec | None = None
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    model: str | None  # the alias that answered last
+
+
+@dataclass(slots=True)
+class Totals:
+    """A Tally of its own, for calls made outside a run (the planner's)."""
+
     attempts: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-    model: str | None = None  # the alias that answered last
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    """One task's model calls: its policies, where they add up, and its run."""
+
+    task_id: str
+    run: RunContext
+    tally: Tally
+    timeout: float | None = None
+    retry: RetrySpec | None = None
+    admission: str = "call"  # the breaker's word on the current attempt
+    reserved: float = 0.0  # the budget reserved for the current attempt
 
 
 Handler = Callable[[ModelRequest, Call], Awaitable[ModelResponse]]
+Pending = Awaitable[object] | None  # what a stage's enter or exit asks the pipeline to wait for, if anything
+
+
+class Stage(Protocol):
+    def enter(self, request: ModelRequest, call: Call) -> Pending:
+        """Before the attempt: raise to refuse it, or return an awaitable to wait on."""
+
+    def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
+             error: BaseException | None) -> Pending:
+        """After the attempt (only if ``enter`` completed): its response, or its error."""
 
 
 def for_model(request: ModelRequest, alias: str) -> ModelRequest:

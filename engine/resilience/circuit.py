@@ -1,15 +1,13 @@
-"""The breaker stage: an open circuit breaker refuses the call at once (``breaker_open``), so the
+"""The breaker stage: an open circuit breaker refuses the attempt at once (``breaker_open``), so the
 fallback chain moves to its next model; every admitted attempt's outcome is recorded.
 
 Breaker state changes are announced as events. With Redis storage the breaker's
 I/O blocks, so it runs in a worker thread, and the outcome is recorded even if
-the run is being cancelled.
+the run is being cancelled. A cancelled attempt says nothing about the endpoint:
+it only ends a half-open trial.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -17,44 +15,49 @@ import anyio.to_thread
 from engine.events import BreakerStateChanged
 from engine.model.client import ModelRequest, ModelResponse
 from engine.resilience.breaker import Admission, Breakers, EndpointBreaker
-from engine.resilience.call import Call, Handler
+from engine.resilience.call import Call, Pending
 
 
 class BreakerStage:
-    def __init__(self, inner: Handler, breakers: Breakers) -> None:
-        self.inner = inner
+    def __init__(self, breakers: Breakers) -> None:
         self.breakers = breakers
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+    def enter(self, request: ModelRequest, call: Call) -> Pending:
         breaker = self.breakers.get(request.model)
-        admission: Admission = await self._io(breaker.admit)
+        if self.breakers.blocking:  # pybreaker's Redis storage blocks: keep it off the event loop
+            return self._admit_off_loop(breaker, call)
+        self._admitted(breaker, breaker.admit(), call)
+        return None
+
+    def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
+             error: BaseException | None) -> Pending:
+        breaker = self.breakers.get(request.model)
+        admission: Admission = call.admission  # type: ignore[assignment]  # set by enter
+        if error is not None and isinstance(error, anyio.get_cancelled_exc_class()):
+            breaker.release(admission)
+            return None
+        if self.breakers.blocking:
+            return self._record_off_loop(breaker, admission, error, call)
+        breaker.record(admission, error)
+        _announce(breaker, call)
+        return None
+
+    async def _admit_off_loop(self, breaker: EndpointBreaker, call: Call) -> None:
+        self._admitted(breaker, await anyio.to_thread.run_sync(breaker.admit), call)
+
+    @staticmethod
+    def _admitted(breaker: EndpointBreaker, admission: Admission, call: Call) -> None:
+        call.admission = admission
         _announce(breaker, call)
         if admission == "reject":
             raise breaker.rejection()
-        try:
-            response = await self.inner(request, call)
-        except anyio.get_cancelled_exc_class():
-            breaker.release(admission)  # a cancelled call says nothing about the endpoint
-            raise
-        except BaseException as error:
-            await self._record(breaker, admission, error, call)
-            raise
-        await self._record(breaker, admission, None, call)
-        return response
 
-    async def _record(self, breaker: EndpointBreaker, admission: Admission, error: BaseException | None,
-                      call: Call) -> None:
-        if self.breakers.blocking:
-            with anyio.CancelScope(shield=True):  # recorded even if the run is being cancelled
-                await anyio.to_thread.run_sync(breaker.record, admission, error)
-        else:
-            breaker.record(admission, error)
+    @staticmethod
+    async def _record_off_loop(breaker: EndpointBreaker, admission: Admission, error: BaseException | None,
+                               call: Call) -> None:
+        with anyio.CancelScope(shield=True):  # recorded even if the run is being cancelled
+            await anyio.to_thread.run_sync(breaker.record, admission, error)
         _announce(breaker, call)
-
-    async def _io(self, function: Callable[[], Any]) -> Any:
-        if self.breakers.blocking:  # pybreaker's Redis storage blocks: keep it off the event loop
-            return await anyio.to_thread.run_sync(function)
-        return function()
 
 
 def _announce(breaker: EndpointBreaker, call: Call) -> None:

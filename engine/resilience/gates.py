@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Literal
 from engine.config import GateRule
 from engine.errors import ModelError
 from engine.events import GateApplied
-from engine.model.client import ModelClient, ModelRequest, ModelResponse
+from engine.model.client import ModelClient, ModelRequest
 from engine.model.tokens import count_request
 from engine.resilience.call import for_model
 
 if TYPE_CHECKING:
-    from engine.resilience.call import Call, Handler
+    from engine.resilience.call import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +68,15 @@ class Gatekeeper:
 
 
 class GateStage:
-    def __init__(self, inner: Handler, gatekeeper: Gatekeeper, clients: Callable[[str], ModelClient],
+    """Routes a request before its attempts: the same alias, another one, or a denial."""
+
+    def __init__(self, gatekeeper: Gatekeeper, clients: Callable[[str], ModelClient],
                  tokenizers: Mapping[str, str | None]) -> None:
-        self.inner = inner
         self.gatekeeper = gatekeeper
         self.clients = clients
         self.tokenizers = tokenizers
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+    async def route(self, request: ModelRequest, call: Call) -> ModelRequest:
         alias = request.model
         tokens, counted_by = await count_request(request, self.tokenizers.get(alias), self.clients(alias))
         try:
@@ -86,9 +87,9 @@ class GateStage:
         _announce(call, decision.alias, tokens, decision.action, decision.reason)
         if decision.action == "deny":
             raise ModelError("denied", f"the request was denied by a gate: {decision.reason}", model=alias)
-        return await self.inner(request if decision.alias == alias else for_model(request, decision.alias), call)
+        return request if decision.alias == alias else for_model(request, decision.alias)
 
 
 def _announce(call: Call, alias: str, tokens: int, action: str, reason: str) -> None:
-    call.run.emit(GateApplied, task_id=call.task_id, attempt=call.attempts + 1, model=alias, tokens=tokens,
+    call.run.emit(GateApplied, task_id=call.task_id, attempt=call.tally.attempts + 1, model=alias, tokens=tokens,
                   action=action, reason=reason)

@@ -5,18 +5,19 @@
 
 The fallback chain tries each model in turn: an error that retrying did not
 fix, an open breaker, or a context window too small moves to the next model
-(``TaskFellBack``), a gate's denial does not. Breaker, budget, rate limit and
-timeout act on every attempt, so they sit inside the retry stage.
+(``TaskFellBack``); a gate's denial does not. Breaker, budget, rate limit,
+slots and timeout act on every attempt, so they sit inside the retry.
 
-``build_pipeline`` composes the stages an engine's configuration needs,
-leaving out the ones with nothing to do (no gates, no rate limits...), so a
-call pays only for what is configured. Each stage is its own module and is
-tested alone.
+Each stage is its own module and is tested alone. ``build_pipeline`` keeps only
+the stages an engine's configuration needs (no gates, no rate limits: no such
+stage), and one coroutine runs an attempt through all of them (``Stage`` in
+``call.py``): a call in flight holds a handful of frames, not one per stage,
+which is what lets ten thousand of them run at once at the cost of a few.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,17 +26,17 @@ import anyio
 from engine.config import RetryConfig
 from engine.errors import ModelError
 from engine.events import TaskFellBack
-from engine.model.client import ModelRequest
+from engine.model.client import ModelRequest, ModelResponse
 from engine.model.prices import Price
 from engine.resilience.breaker import Breakers
 from engine.resilience.budget import SpendStage
-from engine.resilience.call import Call, Handler, Sleep, for_model
+from engine.resilience.call import Call, Handler, Sleep, Stage, for_model
 from engine.resilience.circuit import BreakerStage
 from engine.resilience.gates import Gatekeeper, GateStage
 from engine.resilience.provider import Clients, ProviderStage
 from engine.resilience.ratelimit import RateLimiter, RateLimitStage
 from engine.resilience.repair import answer_with_repairs
-from engine.resilience.retry import RetryStage
+from engine.resilience.retry import Retrier
 from engine.resilience.slots import SlotStage
 from engine.resilience.timeout import TimeoutStage
 
@@ -56,8 +57,11 @@ class PipelineParts:
 
 
 class ModelPipeline:
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler  # the gate, or the first stage configured after it
+    def __init__(self, stages: Sequence[Stage], send: Handler, retrier: Retrier, gate: GateStage | None = None) -> None:
+        self.stages = tuple(stages)  # every attempt's, in order
+        self.send = send  # the provider's answer, under the timeout
+        self.retrier = retrier
+        self.gate = gate
 
     async def answer(self, request: ModelRequest, call: Call, chain: Sequence[str] | None = None, *,
                      raw: bool = False) -> Any:
@@ -67,33 +71,74 @@ class ModelPipeline:
         checks (and repairs) the answer itself, as the master planner does.
         """
         chain = chain or (request.model,)
-        last = len(chain) - 1
-        for index, alias in enumerate(chain):
+        index, last = 0, len(chain) - 1
+        while True:  # an index, not an iterator: nothing more stays alive while the call is in flight
+            alias = chain[index]
+            routed = request if alias == request.model else for_model(request, alias)
             try:
-                routed = request if alias == request.model else for_model(request, alias)
-                if raw:
-                    return (await self.handler(routed, call)).text
-                return await answer_with_repairs(self.handler, routed, call)
+                if raw or routed.output_schema is None:
+                    return (await self.respond(routed, call)).text
+                return await answer_with_repairs(self.respond, routed, call)
             except ModelError as error:
                 if index == last or error.kind == "denied":
-                    error.task_id, error.attempt = call.task_id, call.attempts
+                    error.task_id, error.attempt = call.task_id, call.tally.attempts
                     raise
-                call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.attempts, from_model=alias,
+                call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.tally.attempts, from_model=alias,
                               to_model=chain[index + 1], error_kind=error.kind, error=error.message)
-        raise AssertionError("the chain is not empty")
+            index += 1
+
+    async def respond(self, request: ModelRequest, call: Call) -> ModelResponse:
+        """One model's response: gated, then attempted and retried."""
+        if self.gate is not None:
+            request = await self.gate.route(request, call)
+        try:
+            return await self.attempt(request, call)
+        except ModelError as failure:
+            return await self._retry(failure, request, call)
+
+    def _retry(self, failure: ModelError, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
+        # Its own function: a closure in `respond` would cost every call its cells, failed or not.
+        return self.retrier.again(failure, lambda: self.attempt(request, call), call, request.model)
+
+    async def attempt(self, request: ModelRequest, call: Call) -> ModelResponse:
+        """One attempt through every stage: their enters in order, the provider, their exits in reverse."""
+        stages = self.stages
+        entered = 0
+        try:
+            for stage in stages:
+                pending = stage.enter(request, call)
+                if pending is not None:
+                    await pending
+                entered += 1
+            response = await self.send(request, call)
+        except BaseException as error:
+            await self._exit(stages[:entered], request, call, None, error)
+            raise
+        await self._exit(stages, request, call, response, None)
+        return response
+
+    @staticmethod
+    async def _exit(stages: Sequence[Stage], request: ModelRequest, call: Call, response: ModelResponse | None,
+                    error: BaseException | None) -> None:
+        for stage in reversed(stages):
+            pending = stage.exit(request, call, response, error)
+            if pending is not None:
+                await pending
 
 
 def build_pipeline(parts: PipelineParts) -> ModelPipeline:
-    handler: Handler = ProviderStage(parts.clients)
-    handler = TimeoutStage(handler)
-    if parts.model_concurrency:
-        handler = SlotStage(handler, parts.model_concurrency)
-    if parts.rate_limiters:
-        handler = RateLimitStage(handler, parts.rate_limiters, parts.sleep)
-    handler = SpendStage(handler, parts.prices)
+    provider = ProviderStage(parts.clients, parts.prices)
+    stages: list[Stage] = []
     if parts.breakers is not None:
-        handler = BreakerStage(handler, parts.breakers)
-    handler = RetryStage(handler, parts.sleep, parts.retry.attempts, parts.retry.retry_after_max)
+        stages.append(BreakerStage(parts.breakers))
+    stages.append(SpendStage(parts.prices))
+    if parts.rate_limiters:
+        stages.append(RateLimitStage(parts.rate_limiters, parts.sleep))
+    if parts.model_concurrency:
+        stages.append(SlotStage(parts.model_concurrency))
+    stages.append(provider)
+    gate = None
     if parts.gatekeeper is not None and parts.gatekeeper.active:
-        handler = GateStage(handler, parts.gatekeeper, parts.clients, parts.tokenizers)
-    return ModelPipeline(handler)
+        gate = GateStage(parts.gatekeeper, parts.clients, parts.tokenizers)
+    retrier = Retrier(parts.sleep, parts.retry.attempts, parts.retry.retry_after_max)
+    return ModelPipeline(stages, TimeoutStage(provider.send), retrier, gate)

@@ -1,19 +1,21 @@
 """The last stage: the provider's client answers, whole or streamed as ``TokenDelta`` events.
 
-It counts the attempt and names the alias that answered. A streamed answer
-is streamed only when somebody listens to the run's events.
+It counts the attempt, tallies the tokens and the cost at the alias's price,
+and names the alias that answered. A streamed answer is streamed only when
+somebody listens to the run's events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import anyio
 
 from engine.errors import ConfigError, ModelError
 from engine.events import TokenDelta
 from engine.model.client import ModelClient, ModelRequest, ModelResponse, TextDelta
-from engine.resilience.call import Call
+from engine.model.prices import FREE, Price
+from engine.resilience.call import Call, Pending
 
 
 class Clients:
@@ -37,18 +39,31 @@ class Clients:
 
 
 class ProviderStage:
-    def __init__(self, clients: Clients) -> None:
-        self.clients = clients
+    """The last stage: ``send`` gives the request to the alias's client; ``exit`` tallies the answer."""
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+    def __init__(self, clients: Clients, prices: Mapping[str, Price]) -> None:
+        self.clients = clients
+        self.prices = prices
+
+    def enter(self, request: ModelRequest, call: Call) -> Pending:
+        call.tally.attempts += 1
+        return None
+
+    def send(self, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
         client = self.clients(request.model)
-        call.attempts += 1
         if call.run.stream_tokens and call.run.emit.active:
-            response = await _streamed(client, request, call)
-        else:
-            response = await client.complete(request)
-        call.model = request.model
-        return response
+            return _streamed(client, request, call)
+        return client.complete(request)
+
+    def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
+             error: BaseException | None) -> Pending:
+        if response is not None:
+            usage = response.usage
+            call.tally.model = request.model
+            call.tally.input_tokens += usage.input_tokens
+            call.tally.output_tokens += usage.output_tokens
+            call.tally.cost_usd += self.prices.get(request.model, FREE).cost(usage)
+        return None
 
 
 async def _streamed(client: ModelClient, request: ModelRequest, call: Call) -> ModelResponse:
@@ -57,7 +72,7 @@ async def _streamed(client: ModelClient, request: ModelRequest, call: Call) -> M
     try:
         async for piece in pieces:
             if isinstance(piece, TextDelta):
-                call.run.emit(TokenDelta, task_id=call.task_id, attempt=call.attempts, text=piece.text)
+                call.run.emit(TokenDelta, task_id=call.task_id, attempt=call.tally.attempts, text=piece.text)
             else:
                 final = piece
     finally:

@@ -15,7 +15,7 @@ from engine.model.client import ModelRequest, ModelResponse
 from engine.model.prices import estimate_usage
 
 if TYPE_CHECKING:
-    from engine.resilience.call import Call, Handler, Sleep
+    from engine.resilience.call import Call, Pending, Sleep
 
 WINDOW = 60.0
 
@@ -56,14 +56,17 @@ class RateLimiter:
 class RateLimitStage:
     """Waits for the alias's provider limits (``rpm``/``tpm``) before each attempt."""
 
-    def __init__(self, inner: Handler, limiters: Mapping[str, RateLimiter], sleep: Sleep) -> None:
-        self.inner = inner
+    def __init__(self, limiters: Mapping[str, RateLimiter], sleep: Sleep) -> None:
         self.limiters = limiters
         self.sleep = sleep
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+    def enter(self, request: ModelRequest, call: Call) -> Pending:
         limiter = self.limiters.get(request.model)
-        if limiter is not None:
-            usage = estimate_usage(request)
-            await limiter.acquire(usage.input_tokens + usage.output_tokens, self.sleep)
-        return await self.inner(request, call)
+        if limiter is None:
+            return None
+        usage = estimate_usage(request)
+        return limiter.acquire(usage.input_tokens + usage.output_tokens, self.sleep)
+
+    def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
+             error: BaseException | None) -> Pending:
+        return None

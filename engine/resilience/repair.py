@@ -20,17 +20,16 @@ REPAIR_ATTEMPTS = 2
 
 
 async def answer_with_repairs(handler: Handler, request: ModelRequest, call: Call) -> Any:
-    """The answer's text, or its JSON value checked against ``request.output_schema``."""
+    """The answer's JSON value, checked against ``request.output_schema``."""
+    assert request.output_schema is not None
     for repair in range(REPAIR_ATTEMPTS + 1):
         response = await handler(request, call)
-        if request.output_schema is None:
-            return response.text
         try:
             return parse_output(response.text, request.output_schema, response.model or request.model)
         except InvalidOutputError as error:
             if repair == REPAIR_ATTEMPTS:
                 raise
-            call.run.emit(TaskRetrying, task_id=call.task_id, attempt=call.attempts, model=request.model,
+            call.run.emit(TaskRetrying, task_id=call.task_id, attempt=call.tally.attempts, model=request.model,
                           error_kind="invalid_output", error=error.message, delay_s=0.0)
             request = repair_request(request, response.text, error.message)
     raise AssertionError("unreachable")

@@ -1,9 +1,10 @@
-"""The retry stage, and its tenacity strategies.
+"""Retries, and their tenacity strategies.
 
-The stage sends the first attempt bare: tenacity's machinery costs about as
+The pipeline makes the first attempt bare: tenacity's machinery costs about as
 much as the rest of a call, and most calls succeed at once. A transient
-failure is replayed into tenacity, so attempt numbers, waits and the stop
-rules are exactly tenacity's. Each retry is announced (``TaskRetrying``).
+failure is handed to ``Retrier.again``, which replays it into tenacity, so
+attempt numbers, waits and the stop rules are exactly tenacity's. Each retry
+is announced (``TaskRetrying``).
 
 - ``wait``: full jitter (a random delay between 0 and ``initial * backoff**n``,
   capped at ``max_delay`` after the jitter), unless the error carries a
@@ -17,7 +18,7 @@ rules are exactly tenacity's. Each retry is announced (``TaskRetrying``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -27,38 +28,37 @@ from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 from engine.compiler.plan import RetrySpec
 from engine.errors import ModelError
 from engine.events import TaskRetrying
-from engine.model.client import ModelRequest, ModelResponse
-from engine.resilience.call import Call, Handler, Sleep
+from engine.model.client import ModelResponse
+from engine.resilience.call import Call, Sleep
 
 
-class RetryStage:
-    def __init__(self, inner: Handler, sleep: Sleep, attempts_per_kind: Mapping[Any, int],
-                 retry_after_max: float) -> None:
-        self.inner = inner
+class Retrier:
+    """Attempts again after a transient failure, with backoff, until the policy says stop."""
+
+    def __init__(self, sleep: Sleep, attempts_per_kind: Mapping[Any, int], retry_after_max: float) -> None:
         self.sleep = sleep
         self.attempts_per_kind = attempts_per_kind
         self.retry_after_max = retry_after_max
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
-        try:
-            return await self.inner(request, call)
-        except ModelError as error:
-            spec = call.retry
-            if not error.transient or spec is None or spec.max_attempts <= 1:
-                raise
-            first_failure = [error]
-        async for attempt in self._retrying(spec, request.model, call):
-            with attempt:
-                if first_failure:
-                    raise first_failure.pop()
-                return await self.inner(request, call)
+    async def again(self, failure: ModelError, attempt: Callable[[], Awaitable[ModelResponse]], call: Call,
+                    model: str) -> ModelResponse:
+        """Retry after the first attempt's ``failure`` (replayed into tenacity) as ``call.retry`` allows."""
+        spec = call.retry
+        if not failure.transient or spec is None or spec.max_attempts <= 1:
+            raise failure
+        first = [failure]
+        async for retry in self._retrying(spec, model, call):
+            with retry:
+                if first:
+                    raise first.pop()
+                return await attempt()
         raise AssertionError("tenacity returns or re-raises")
 
     def _retrying(self, spec: RetrySpec, model: str, call: Call) -> AsyncRetrying:
         def announce(retry_state: RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             if isinstance(error, ModelError) and retry_state.next_action is not None:
-                call.run.emit(TaskRetrying, task_id=call.task_id, attempt=call.attempts, model=model,
+                call.run.emit(TaskRetrying, task_id=call.task_id, attempt=call.tally.attempts, model=model,
                               error_kind=error.kind, error=error.message, delay_s=retry_state.next_action.sleep)
 
         return AsyncRetrying(

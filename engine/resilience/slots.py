@@ -13,21 +13,25 @@ import anyio
 from engine.model.client import ModelRequest, ModelResponse
 
 if TYPE_CHECKING:
-    from engine.resilience.call import Call, Handler
+    from engine.resilience.call import Call, Pending
 
 
 class SlotStage:
-    def __init__(self, inner: Handler, limits: Mapping[str, int]) -> None:
-        self.inner = inner
+    def __init__(self, limits: Mapping[str, int]) -> None:
         self.limits = limits
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
+    def enter(self, request: ModelRequest, call: Call) -> Pending:
         limit = self.limits.get(request.model)
         if limit is None:
-            return await self.inner(request, call)
+            return None
         slots = call.run.model_slots
         limiter = slots.get(request.model)
         if limiter is None:
             limiter = slots[request.model] = anyio.CapacityLimiter(limit)
-        async with limiter:
-            return await self.inner(request, call)
+        return limiter.acquire()
+
+    def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
+             error: BaseException | None) -> Pending:
+        if request.model in self.limits:
+            call.run.model_slots[request.model].release()
+        return None

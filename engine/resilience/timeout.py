@@ -1,4 +1,4 @@
-"""The timeout stage: each attempt gets ``timeout`` seconds, then fails with ``timeout``.
+"""The timeout: each attempt gets ``timeout`` seconds for the provider's answer, then fails with ``timeout``.
 
 A timer per attempt (``anyio.fail_after``) costs a timer handle in the event
 loop's heap; with ten thousand calls in flight that is a third of a call's
@@ -6,13 +6,16 @@ overhead. A run instead keeps its deadlines in ``Deadlines``: buckets of
 cancel scopes by due time, watched by one task that sleeps until the earliest
 bucket is due and cancels what is still in it. Registering and leaving a
 bucket are a set insertion and removal. A deadline fires at most ``RESOLUTION``
-seconds late. Calls outside a run (``Engine.plan``) use ``fail_after``.
+seconds late. Deadlines are read from ``time.monotonic`` (the watcher only hands
+anyio relative delays, so either backend's clock will do). Calls outside a run (``Engine.plan``) use ``fail_after``.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -35,7 +38,7 @@ class Deadlines:
         self._earlier = anyio.Event()
 
     def add(self, scope: anyio.CancelScope, seconds: float) -> int:
-        key = math.ceil((anyio.current_time() + seconds) / RESOLUTION)
+        key = math.ceil((time.monotonic() + seconds) / RESOLUTION)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = set()
@@ -57,7 +60,7 @@ class Deadlines:
         while True:
             while self._due and self._due[0] not in self._buckets:
                 heapq.heappop(self._due)
-            delay = self._due[0] * RESOLUTION - anyio.current_time() if self._due else math.inf
+            delay = self._due[0] * RESOLUTION - time.monotonic() if self._due else math.inf
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self._earlier.wait()
@@ -71,10 +74,12 @@ class TimeoutStage:
     def __init__(self, inner: Handler) -> None:
         self.inner = inner
 
-    async def __call__(self, request: ModelRequest, call: Call) -> ModelResponse:
-        seconds = call.timeout
-        if seconds is None:
-            return await self.inner(request, call)
+    def __call__(self, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
+        if call.timeout is None:
+            return self.inner(request, call)  # nothing to do: no coroutine of its own
+        return self._timed(request, call, call.timeout)
+
+    async def _timed(self, request: ModelRequest, call: Call, seconds: float) -> ModelResponse:
         deadlines = call.run.deadlines
         if deadlines is None:
             try:

@@ -29,9 +29,41 @@ from engine.runtime.results import RunResult, TaskResult
 Nested = Callable[[Plan, dict[str, Any]], Awaitable[RunResult]]  # a run inside this one, one level deeper
 
 
-async def execute(services: Services, state: RunState, node: Node, result: TaskResult, nested: Nested) -> Any:
-    """Run ``node`` (every item of a ``for_each``); return its output."""
-    return await _Executor(services, state, node, result, nested).run()
+def execute(services: Services, state: RunState, node: Node, result: TaskResult, nested: Nested) -> Awaitable[Any]:
+    """Run ``node`` (every item of a ``for_each``); its output. A plain prompt, the common case,
+    is awaited without an executor object or a coroutine of its own in between."""
+    spec = node.task
+    assert spec is not None
+    if spec.kind == "prompt" and spec.for_each is None:
+        return prompt(services, state, node, result, state.variables(node))
+    return _Executor(services, state, node, result, nested).run()
+
+
+def prompt(services: Services, state: RunState, node: Node, result: TaskResult,
+           variables: dict[str, Any]) -> Awaitable[Any]:
+    """A model call through the engine's pipeline; attempts, tokens and cost add up in ``result``."""
+    spec, policies = node.task, node.policies
+    assert spec is not None and policies is not None
+    request = build_request(policies.models[0], _system_message(services, state, node, variables),
+                            services.renderer.render(spec.source, variables), temperature=policies.temperature,
+                            max_tokens=policies.max_tokens, schema=spec.output_schema)
+    return services.pipeline.answer(request, Call(node.id, state.calls, result, policies.timeout, policies.retry),
+                                    policies.models)
+
+
+def _system_message(services: Services, state: RunState, node: Node, variables: dict[str, Any]) -> str | None:
+    """System prompt, addons and the schema instruction; computed once per node unless templated."""
+    cached, node_id = state.system_messages, node.id
+    if node_id in cached:
+        return cached[node_id]
+    policies, spec = node.policies, node.task
+    assert policies is not None and spec is not None
+    templated = policies.system is not None and "{" in policies.system
+    system = services.renderer.render(policies.system, variables) if policies.system else None
+    message = system_message(system, policies.addons, services.catalog.addons, spec.output_schema)
+    if not templated:
+        cached[node_id] = message
+    return message
 
 
 def first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -76,38 +108,12 @@ class _Executor:
     async def _once(self, variables: dict[str, Any]) -> Any:
         kind = self.spec.kind
         if kind == "prompt":
-            return await self._prompt(variables)
+            return await prompt(self.services, self.state, self.node, self.result, variables)
         if kind == "call":
             return await self._call(variables)
         if kind == "workflow":
             return await self._workflow(variables)
         return await self._plan(variables)
-
-    async def _prompt(self, variables: dict[str, Any]) -> Any:
-        spec, policies, services = self.spec, self.node.policies, self.services
-        assert policies is not None
-        request = build_request(policies.models[0], self._system_message(variables),
-                                services.renderer.render(spec.source, variables), temperature=policies.temperature,
-                                max_tokens=policies.max_tokens, schema=spec.output_schema)
-        call = Call(self.node.id, self.state.calls, policies.timeout, policies.retry)
-        try:
-            return await services.pipeline.answer(request, call, policies.models)
-        finally:
-            _tally(self.result, call)
-
-    def _system_message(self, variables: dict[str, Any]) -> str | None:
-        """System prompt, addons and the schema instruction; computed once per node unless templated."""
-        cached, node_id = self.state.system_messages, self.node.id
-        if node_id in cached:
-            return cached[node_id]
-        policies = self.node.policies
-        assert policies is not None
-        templated = policies.system is not None and "{" in policies.system
-        system = self.services.renderer.render(policies.system, variables) if policies.system else None
-        message = system_message(system, policies.addons, self.services.catalog.addons, self.spec.output_schema)
-        if not templated:
-            cached[node_id] = message
-        return message
 
     async def _call(self, variables: dict[str, Any]) -> Any:
         name = self.spec.source
@@ -137,16 +143,13 @@ class _Executor:
         services, policies, node = self.services, self.node.policies, self.node
         assert policies is not None
         chain = policies.models or (services.planner_model,)
-        call = Call(node.id, self.state.calls, policies.timeout, policies.retry)
+        call = Call(node.id, self.state.calls, self.result, policies.timeout, policies.retry)
 
         async def ask(request: ModelRequest) -> Any:
             return await services.pipeline.answer(request, call, chain, raw=True)  # the planner checks it
 
-        try:
-            planned = await services.plan_workflow(services.renderer.render(self.spec.source, variables), ask,
-                                                   chain[0], node.id)
-        finally:
-            _tally(self.result, call)
+        planned = await services.plan_workflow(services.renderer.render(self.spec.source, variables), ask,
+                                               chain[0], node.id)
         self.state.emit(PlanCreated, task_id=node.id, attempt=planned.attempts, workflow=planned.document,
                         attempts=planned.attempts)
         return await self._nested(services.compile(planned.workflow), {}, "the planned workflow")
@@ -177,13 +180,3 @@ class _Executor:
         if isinstance(value, list):
             return [self._arguments(item, variables) for item in value]
         return value
-
-
-def _tally(result: TaskResult, call: Call) -> None:
-    """A call's attempts, tokens and cost add up into the node's result (every item of a for_each)."""
-    result.attempts += call.attempts
-    result.input_tokens += call.input_tokens
-    result.output_tokens += call.output_tokens
-    result.cost_usd += call.cost_usd
-    if call.model is not None:
-        result.model = call.model

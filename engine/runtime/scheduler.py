@@ -94,29 +94,43 @@ class _Scheduler:
     async def _run_node(self, node: Node | None) -> None:
         # This task goes on with one ready child and spawns tasks only for the others: a chain
         # runs in one task, and a fan-out spawns exactly one task per node.
+        results = self.state.results
         while node is not None:
-            await self._settle(node)
+            result = results[node.id]
+            if self._should_execute(node, result):
+                self._started(node, result)
+                try:
+                    if self.limiter is None:
+                        output = await execute(self.services, self.state, node, result, self._nested)
+                    else:
+                        async with self.limiter:
+                            output = await execute(self.services, self.state, node, result, self._nested)
+                except anyio.get_cancelled_exc_class():
+                    result.status, result.ended_at = "cancelled", time.time()
+                    raise
+                except Exception as error:  # every failure becomes the task's result, never the group's
+                    self._fail(node, result, error)
+                else:
+                    self._succeeded(node, result, output)
             node = self._release(node) if self.failure is None else None
             if node is not None:
                 await anyio.lowlevel.checkpoint_if_cancelled()  # a long chain stays cancellable
 
-    async def _settle(self, node: Node) -> None:
-        result = self.state.results[node.id]
+    def _should_execute(self, node: Node, result: TaskResult) -> bool:
+        """False for a node settled here: skipped, failed to evaluate `when`, or an `until` check."""
         try:
             reason = self._skip_reason(node)
         except OrchestrionError as error:  # `when` could not be evaluated
             self._fail(node, result, error)
-            return
+            return False
         if reason is not None:
             result.status = "skipped"
             self.state.emit(TaskSkipped, task_id=node.id, reason=reason)
-        elif node.kind == "until":
+            return False
+        if node.kind == "until":
             self._check_until(node, result)
-        elif self.limiter is not None:
-            async with self.limiter:
-                await self._execute(node, result)
-        else:
-            await self._execute(node, result)
+            return False
+        return True
 
     def _release(self, node: Node) -> Node | None:
         """Count down the children; spawn all ready ones but the first, which is returned."""
@@ -160,25 +174,19 @@ class _Scheduler:
         if done and node.group is not None and node.round is not None:
             self.state.stopped_rounds[node.group] = node.round
 
-    async def _execute(self, node: Node, result: TaskResult) -> None:
-        state = self.state
+    def _started(self, node: Node, result: TaskResult) -> None:
         result.started_at = time.time()
-        if state.emit.active:
+        if self.state.emit.active:
             model = node.policies.models[0] if node.policies and node.policies.models else None
-            state.emit(TaskStarted, task_id=node.id, attempt=1, model=model)
-        try:
-            output = await execute(self.services, state, node, result, self._nested)
-        except anyio.get_cancelled_exc_class():
-            result.status, result.ended_at = "cancelled", time.time()
-            raise
-        except Exception as error:  # every failure becomes the task's result, never the group's
-            self._fail(node, result, error)
-            return
-        result.status, result.output, result.ended_at = "succeeded", output, time.time()
-        state.values[node.id] = output
-        state.emit(TaskFinished, task_id=node.id, attempt=result.attempts, model=result.model,
-                   input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                   cost_usd=result.cost_usd, latency_s=result.ended_at - result.started_at)
+            self.state.emit(TaskStarted, task_id=node.id, attempt=1, model=model)
+
+    def _succeeded(self, node: Node, result: TaskResult, output: Any) -> None:
+        ended = time.time()
+        result.status, result.output, result.ended_at = "succeeded", output, ended
+        self.state.values[node.id] = output
+        self.state.emit(TaskFinished, task_id=node.id, attempt=result.attempts, model=result.model,
+                        input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                        cost_usd=result.cost_usd, latency_s=ended - (result.started_at or ended))
 
     async def _nested(self, plan: Plan, inputs: dict[str, Any]) -> RunResult:
         """A workflow run inside this one: the same events and budget, one level deeper."""

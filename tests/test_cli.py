@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from engine.cli import main
+from engine.suggest import did_you_mean
 from tests.conftest import ROOT
 
 GOOD = "dsl: orchestrion/v1\nname: good\nstages:\n  - type: inline\n    tasks:\n      - id: a\n" \
@@ -90,3 +91,57 @@ def test_console_script_runs_as_a_process(write) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "unknown model 'fastai'" in result.stdout
+
+
+def test_validate_knows_the_model_aliases_of_the_configuration(tmp_path, monkeypatch, write, capsys) -> None:
+    flow = write(GOOD.replace("fast_ai", "my_model"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(flow)]) == 1
+    config = ("providers:\n  router: {kind: openai, api_key: '${ORCHESTRION_TEST_UNSET_KEY}'}\n"
+              "models:\n  my_model: {provider: router}\n")
+    (tmp_path / "orchestrion.yaml").write_text(config)
+    assert main(["validate", str(flow)]) == 0  # the default configuration; no key needed to validate
+    other = tmp_path / "other.yaml"
+    other.write_text(config.replace("my_model", "your_model"))
+    assert main(["validate", "--config", str(other), str(flow)]) == 1
+    assert main(["graph", "--config", str(other), str(write(GOOD.replace("fast_ai", "your_model")))]) == 0
+
+
+def test_one_did_you_mean_for_every_unknown_name(write, capsys) -> None:
+    assert did_you_mean("fsat_ai", ["medium_ai", "fast_ai"]) == "did you mean 'fast_ai'?"
+    assert did_you_mean("zzz", ["fast_ai"]) is None
+    typos = ("dsl: orchestrion/v1\nname: typos\ninputs:\n  topic: {type: string}\nstages:\n  - type: inline\n"
+             "    tasks:\n      - {id: a, model: fastai, prompt: '{{ topc }}'}\n")
+    assert main(["validate", str(write(typos))]) == 1
+    hints = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("    hint:")]
+    assert hints == ["hint: did you mean 'fast_ai'?", "hint: did you mean 'topic'?"]
+    assert main(["validate", str(write(GOOD.replace("prompt:", "promt:")))]) == 1
+    assert "hint: did you mean 'prompt'?" in capsys.readouterr().out
+    assert main(["run", str(write(typos.replace("fastai", "fast_ai").replace("topc", "topic"))), "--dry-run",
+                 "-i", "topic=tea", "-i", "topc=tea"]) == 1
+    assert "unknown input 'topc' (did you mean 'topic'?)" in capsys.readouterr().err
+
+
+def test_reserved_names_say_which_and_why(write, capsys) -> None:
+    header = "dsl: orchestrion/v1\nname: r\n"
+    tasks = "stages:\n  - type: inline\n    tasks:\n"
+    assert main(["validate", str(write(header + "inputs:\n  range: {type: string}\n" + tasks +
+                                       "      - {id: a, model: fast_ai, prompt: hi}\n"))]) == 1
+    assert "inputs.range: 'range' is a reserved name: it is a Jinja function; choose another input name" in \
+        capsys.readouterr().out
+    assert main(["validate", str(write(header + tasks + "      - {id: loop, model: fast_ai, prompt: hi}\n"))]) == 1
+    assert "'loop' is a reserved name: it is `loop.round` in a repeated stage" in capsys.readouterr().out
+    fan_out = header + tasks + ("      - {id: a, call: orchestrion.identity, with: {value: [1]}}\n"
+                                "      - {id: b, model: fast_ai, for_each: a, as: NAME, prompt: '{{ NAME }}'}\n")
+    assert main(["validate", str(write(fan_out.replace("NAME", "none")))]) == 1
+    assert ".as: 'none' is a reserved name: it is a Jinja constant" in capsys.readouterr().out
+    assert main(["validate", str(write(fan_out.replace("NAME", "item")))]) == 0
+
+
+def test_validate_and_graph_build_no_engine(write, tmp_path) -> None:
+    (tmp_path / "orchestrion.yaml").write_text("providers: {dry: {kind: fake}}\nmodels: {my_model: {provider: dry}}\n")
+    flow = write(GOOD.replace("fast_ai", "my_model"))
+    code = (f"import sys\nfrom engine.cli import main\nassert main(['validate', {str(flow)!r}]) == 0\n"
+            f"assert main(['graph', {str(flow)!r}]) == 0\nprint('engine.core' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert result.stdout.splitlines()[-1] == "False"

@@ -114,3 +114,61 @@ def test_run_help_is_cheap_to_start() -> None:
             "print([m for m in ('pydantic', 'anyio', 'jinja2', 'engine.core') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(ROOT))
     assert result.stdout.strip() == "[]"
+
+
+ADDON = "name: tone\ndescription: A kind tone\ncategory: style\nprompt: Be kind.\n"
+USES_TONE = ("dsl: orchestrion/v1\nname: f\nstages:\n  - type: inline\n    tasks:\n"
+             "      - {id: a, model: fast_ai, prompt: hi, addons: [tone]}\n")
+
+
+def test_dry_run_sees_the_addons_folder_of_the_current_directory(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "tone.yaml").write_text(ADDON)
+    (tmp_path / "flow.yaml").write_text(USES_TONE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "flow.yaml"]) == 0
+    assert main(["run", "flow.yaml", "--dry-run", "-q"]) == 0
+    assert capsys.readouterr().out.startswith("a: [fast_ai]")
+
+
+def test_run_honours_addons_and_templates_folders(tmp_path, capsys) -> None:
+    addons, templates = tmp_path / "more_addons", tmp_path / "more_templates"
+    addons.mkdir()
+    templates.mkdir()
+    (addons / "tone.yaml").write_text(ADDON)
+    (templates / "greet.yaml").write_text(USES_TONE.replace("name: f", "name: greet"))
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("dsl: orchestrion/v1\nname: outer\nstages:\n  - type: inline\n    tasks:\n"
+                    "      - {id: g, workflow: greet}\n")
+    assert main(["run", str(flow), "--dry-run", "-q"]) == 1
+    assert "workflow: unknown template 'greet'" in capsys.readouterr().err
+    assert main(["run", str(flow), "--dry-run", "-q", "--templates", str(templates), "--addons", str(addons)]) == 0
+
+
+def test_dry_run_knows_the_aliases_of_the_configuration_and_needs_no_key(tmp_path, capsys) -> None:
+    config = tmp_path / "orchestrion.yaml"
+    config.write_text("providers:\n  router: {kind: openai, api_key: '${ORCHESTRION_TEST_UNSET_KEY}'}\n"
+                      "models:\n  my_model: {provider: router, model: openai/gpt-4o-mini, input_price: 1000000}\n")
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(USES_TONE.replace("fast_ai", "my_model").replace(", addons: [tone]", ""))
+    assert main(["run", str(flow), "--config", str(config)]) == 2  # a real run needs the key
+    assert "ORCHESTRION_TEST_UNSET_KEY is not set" in capsys.readouterr().err
+    assert main(["run", str(flow), "--config", str(config), "--dry-run", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["outputs"] == {"a": "[my_model] hi"}
+    assert result["totals"]["cost_usd"] > 0  # the configured prices hold in a dry run
+
+
+def test_plan_honours_the_addons_folders(tmp_path, capsys) -> None:
+    answer = {"name": "planned", "description": "A kind poem", "stages": [
+        {"type": "inline", "tasks": [{"model": "fast_ai", "prompt": "Do {{ request }}", "addons": ["tone"]}]}]}
+    config = tmp_path / "orchestrion.yaml"
+    config.write_text("providers:\n  dry: {kind: fake, answers: {thinking_ai: " + json.dumps(json.dumps(answer)) +
+                      "}}\ndefault_provider: dry\n")
+    addons = tmp_path / "more_addons"
+    addons.mkdir()
+    (addons / "tone.yaml").write_text(ADDON)
+    flow = tmp_path / "flow.yaml"
+    assert main(["plan", "Write a poem", "-o", str(flow), "--config", str(config)]) == 1
+    assert main(["plan", "Write a poem", "-o", str(flow), "--config", str(config), "--addons", str(addons)]) == 0
+    assert "attempt 1: valid" in capsys.readouterr().err

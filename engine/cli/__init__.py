@@ -1,4 +1,4 @@
-"""The ``orchestrion`` command: validate, graph and schema for workflow files."""
+"""The ``orchestrion`` command: validate, graph, run and plan workflows; list addons and models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from engine.cli.options import add_options, build_catalog
 from engine.errors import CatalogError, ConfigError, InputError, WorkflowError
 
 if TYPE_CHECKING:  # imported where used: `orchestrion --help` should not load pydantic
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # imported where used: `orchestrion --help` should not load p
     from engine.compiler import Plan
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+_CHECK_OPTIONS = ("addons", "templates", "model", "function", "config")  # for commands that do not run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,50 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check workflow files; exit 1 if any has a problem")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.add_argument("-v", "--verbose", action="store_true", help="also report the files that are valid")
-    _catalog_options(validate)
+    add_options(validate, *_CHECK_OPTIONS)
     validate.set_defaults(handler=_validate)
 
     graph = commands.add_parser("graph", help="print a workflow's task graph")
     graph.add_argument("file", type=Path, metavar="FILE")
     graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
-    _catalog_options(graph)
+    add_options(graph, *_CHECK_OPTIONS)
     graph.set_defaults(handler=_graph)
 
-    from engine.cli import plan, run
+    from engine.cli import models, plan, run
 
     run.add_parser(commands)
     plan.add_parser(commands)
+    models.add_parser(commands)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of workflow files")
     schema.set_defaults(handler=_schema)
 
     addons = commands.add_parser("addons", help="list the prompt addons")
-    _catalog_options(addons)
+    add_options(addons, "addons")
     addons.set_defaults(handler=_addons)
     return parser
-
-
-def _catalog_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("what workflows may refer to (besides the built-ins and ./addons, ./templates)")
-    group.add_argument("--addons", action="append", type=Path, default=[], metavar="DIR",
-                       help="another folder of addon files")
-    group.add_argument("--templates", action="append", type=Path, default=[], metavar="DIR",
-                       help="another folder of workflow templates")
-    group.add_argument("--model", action="append", default=[], metavar="ALIAS", help="another model alias")
-    group.add_argument("--function", action="append", default=[], metavar="NAME",
-                       help="the name of a function `call:` tasks may use")
-
-
-def _catalog(args: argparse.Namespace) -> Catalog:
-    from engine.catalog import Catalog
-
-    local = Path.cwd()
-    return Catalog.default(
-        addon_dirs=[local / "addons", *args.addons],
-        template_dirs=[local / "templates", *args.templates],
-        models=args.model,
-        functions=args.function,
-    )
 
 
 def _compile(path: Path, catalog: Catalog) -> Plan:
@@ -100,7 +80,7 @@ def _compile(path: Path, catalog: Catalog) -> Plan:
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
-    catalog = _catalog(args)
+    catalog = build_catalog(args)
     failed = 0
     for path in args.files:
         try:
@@ -121,7 +101,7 @@ def _graph(args: argparse.Namespace, out: TextIO) -> int:
     from engine.graph import to_dot, to_mermaid
 
     try:
-        plan = _compile(args.file, _catalog(args))
+        plan = _compile(args.file, build_catalog(args))
     except WorkflowError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -138,6 +118,6 @@ def _schema(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _addons(args: argparse.Namespace, out: TextIO) -> int:
-    for addon in sorted(_catalog(args).addons.values(), key=lambda a: (a.category, a.name)):
+    for addon in sorted(build_catalog(args).addons.values(), key=lambda a: (a.category, a.name)):
         print(f"{addon.category:<18} {addon.name:<24} {addon.description}", file=out)
     return EXIT_OK

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from engine.cli.options import add_options, build_engine
+
+if TYPE_CHECKING:
+    from engine.core import Engine
+    from engine.planner import PlanOutcome
 
 
 def add_parser(commands: Any) -> None:
@@ -13,20 +19,16 @@ def add_parser(commands: Any) -> None:
     plan.add_argument("request", help="what the workflow should do")
     plan.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the workflow here (default: stdout)")
     plan.add_argument("--model", metavar="ALIAS", help="the planner's model alias (default: thinking_ai)")
-    plan.add_argument("--config", type=Path, metavar="FILE", help="engine configuration (default: ./orchestrion.yaml)")
+    add_options(plan, "addons", "templates", "config")
     plan.set_defaults(handler=plan_command)
 
 
 def plan_command(args: argparse.Namespace, out: TextIO) -> int:
     import anyio
 
-    from engine.cli.run import DEFAULT_CONFIG
-    from engine.core import Engine
     from engine.planner import dump_yaml
 
-    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    engine = Engine.from_file(config) if config is not None else Engine()
-    outcome = anyio.run(lambda: engine.plan_outcome(args.request, model=args.model))
+    outcome = anyio.run(_plan, build_engine(args), args.request, args.model)
     for number, attempt in enumerate(outcome.attempts, 1):
         verdict = "valid" if not attempt.problems else f"{len(attempt.problems)} problem(s)"
         print(f"attempt {number}: {verdict}", file=sys.stderr)
@@ -43,3 +45,10 @@ def plan_command(args: argparse.Namespace, out: TextIO) -> int:
         args.output.write_text(text, encoding="utf-8")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+async def _plan(engine: Engine, request: str, model: str | None) -> PlanOutcome:
+    try:
+        return await engine.plan_outcome(request, model=model)
+    finally:
+        await engine.aclose()  # the providers' connections belong to this event loop, which ends here

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from engine.cli.options import add_options, build_engine
 from engine.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # the runtime is imported when a run starts, not for `orchestrion --help`
     from engine.core import Engine
     from engine.events import Event
     from engine.runtime.results import RunResult
-
-DEFAULT_CONFIG = Path("orchestrion.yaml")
 
 
 def add_parser(commands: Any) -> None:
@@ -25,19 +24,18 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE",
                      help="an input; VALUE is read as JSON unless the input is a string")
     run.add_argument("--inputs-file", type=Path, metavar="FILE", help="a YAML or JSON mapping of inputs")
-    run.add_argument("--config", type=Path, metavar="FILE",
-                     help=f"engine configuration (default: ./{DEFAULT_CONFIG} if it exists)")
     run.add_argument("--dry-run", action="store_true",
-                     help="answer every model alias with a fake model that echoes the prompt")
+                     help="answer every model alias with a fake model that echoes the prompt; nothing is sent")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
+    add_options(run, "addons", "templates", "config")
     run.set_defaults(handler=run_command)
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     import anyio
 
-    engine = _engine(args)
+    engine = build_engine(args)
     workflow = engine.load(args.file)
     inputs = parse_inputs(args.input, args.inputs_file, workflow.inputs)
     progress = None if args.quiet else Progress(sys.stderr)
@@ -49,22 +47,14 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.status == "succeeded" else 1
 
 
-def _engine(args: argparse.Namespace) -> Engine:
-    from engine.core import Engine
-
-    if args.dry_run:
-        from engine.providers.fake import FakeModel
-
-        return Engine(models=FakeModel())
-    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    return Engine.from_file(config) if config is not None else Engine()
-
-
 async def _run(engine: Engine, workflow: Any, inputs: dict[str, Any], progress: Progress | None) -> RunResult:
-    async with engine.stream(workflow, inputs) as events:
-        async for event in events:
-            if progress is not None:
-                progress.show(event)
+    try:
+        async with engine.stream(workflow, inputs) as events:
+            async for event in events:
+                if progress is not None:
+                    progress.show(event)
+    finally:
+        await engine.aclose()  # the providers' connections belong to this event loop, which ends here
     assert events.result is not None
     return events.result
 

@@ -8,7 +8,6 @@ of the usual mistakes it is: a typo, a task defined later, a parallel sibling.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from engine.compiler.sites import RepeatGroup, Site, Sites, precedes
 from engine.dsl.models import Workflow
 from engine.errors import Path, Problem, TemplateError, format_path
+from engine.suggest import did_you_mean
 from engine.templating.references import expression_references, template_references
 
 SourceKind = Literal["input", "task", "previous", "loop", "item"]
@@ -162,8 +162,7 @@ class _Resolver:
         return None
 
     def _unknown(self, name: str, path: Path, scope: str) -> None:
-        close = difflib.get_close_matches(name, self.all_names, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "declare it under `inputs:` or add a task with that id"
+        hint = did_you_mean(name, self.all_names) or "declare it under `inputs:` or add a task with that id"
         if name == "loop":
             hint = "`loop` exists only inside a stage with `repeat`"
         self.problems.append(Problem("unknown-name", f"unknown name {name!r}: no input or task of {scope} has it",

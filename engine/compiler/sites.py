@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.dsl.models import RESERVED_NAMES, Stage, Task, Workflow
+from engine.dsl.models import Stage, Task, Workflow, why_reserved
 from engine.errors import Path, Problem, format_path as _label
 
 
@@ -117,15 +117,16 @@ class _Walker:
             return self.walk_stage(item, path, trail, entry, group)
         if not self._check_id(item, path):
             return entry
+        self._check_item_name(item, path)
         self.sites.append(Site(item, path, len(self.sites), self.stage, trail, entry, group))
         return frozenset({item.id})
 
     def _check_id(self, task: Task, path: Path) -> bool:
         """False for a duplicate: it is reported and left out of the later passes."""
         where = (*path, "id")
-        if task.id in RESERVED_NAMES:
-            self.problems.append(Problem("reserved-id", f"{task.id!r} is a reserved name", where,
-                                         "choose another id"))
+        reserved = why_reserved(task.id)
+        if reserved is not None:
+            self.problems.append(Problem("reserved-id", reserved, where, "choose another id"))
         elif task.id in self.inputs:
             self.problems.append(Problem("duplicate-id", f"id {task.id!r} is also the name of an input",
                                          where, "rename the task or the input"))
@@ -138,3 +139,9 @@ class _Walker:
             self.first_seen[task.id] = path
         return True
 
+    def _check_item_name(self, task: Task, path: Path) -> None:
+        if task.as_ is None or task.as_ == "item":  # `item` is the default: naming it is fine
+            return
+        reserved = why_reserved(task.as_)
+        if reserved is not None:
+            self.problems.append(Problem("reserved-name", reserved, (*path, "as"), "choose another name for the item"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path as FilePath
@@ -15,6 +14,7 @@ from engine.dsl.models import FieldError, Workflow
 from engine.dsl.seed import convert_seed, is_seed_document
 from engine.dsl.source import Origin, SourceMap, parse_document
 from engine.errors import Location, Path, Problem, WorkflowError
+from engine.suggest import did_you_mean
 
 WorkflowSource = str | os.PathLike[str] | Mapping[str, Any] | Workflow
 
@@ -94,7 +94,7 @@ def _describe(error: Any, cause: object, path: Path) -> tuple[str, str | None]:
         return str(cause), None
     if kind == "extra_forbidden":
         key = str(path[-1])
-        return f"unknown field {key!r}", _did_you_mean(key, _known_fields(path))
+        return f"unknown field {key!r}", did_you_mean(key, _known_fields(path))
     if kind == "missing":
         return f"missing required field {str(path[-1])!r}", None
     if kind == "literal_error":
@@ -120,8 +120,3 @@ def _known_fields(path: Path) -> list[str]:
 
 def _aliases(model: type[Any]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
-
-
-def _did_you_mean(key: str, choices: list[str]) -> str | None:
-    close = difflib.get_close_matches(key, choices, n=1)
-    return f"did you mean {close[0]!r}?" if close else None

@@ -9,6 +9,8 @@ Whether a field was given is read from pydantic's ``model_fields_set``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -30,13 +32,23 @@ DSL_VERSION = "orchestrion/v1"
 TaskKind = Literal["prompt", "call", "workflow", "plan"]
 TASK_KINDS: tuple[TaskKind, ...] = ("prompt", "call", "workflow", "plan")
 
-# Names that a template would see as something else: Jinja keywords and globals,
-# and the names the engine binds itself.
-RESERVED_NAMES = frozenset({
-    "and", "or", "not", "in", "is", "if", "else", "elif", "true", "false", "none", "True", "False",
-    "None", "loop", "item", "self", "super", "caller", "varargs", "kwargs", "range", "dict", "lipsum",
-    "cycler", "joiner", "namespace",
+# The one list of names no input, task id or `for_each` item (`as`) may take, each with why:
+# a template would read them as something else.
+RESERVED_NAMES: Mapping[str, str] = MappingProxyType({
+    **dict.fromkeys(("and", "or", "not", "in", "is", "if", "else", "elif"), "a Jinja keyword"),
+    **dict.fromkeys(("true", "false", "none", "True", "False", "None"), "a Jinja constant"),
+    **dict.fromkeys(("range", "dict", "lipsum", "cycler", "joiner", "namespace"), "a Jinja function"),
+    **dict.fromkeys(("self", "super", "caller", "varargs", "kwargs"), "a name Jinja binds in blocks and macros"),
+    "loop": "`loop.round` in a repeated stage (and Jinja's loop variable)",
+    "item": "the current item of a `for_each`",
 })
+
+
+def why_reserved(name: str) -> str | None:
+    """Why ``name`` cannot be given to an input, a task or an item, or None if it can."""
+    why = RESERVED_NAMES.get(name)
+    return None if why is None else f"{name!r} is a reserved name: it is {why}"
+
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 ModelAlias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$", max_length=128)]
@@ -261,8 +273,9 @@ class Workflow(StrictModel):
     @classmethod
     def _valid_inputs(cls, inputs: dict[str, JsonSchema]) -> dict[str, JsonSchema]:
         for name, schema in inputs.items():
-            if name in RESERVED_NAMES:
-                raise FieldError((name,), f"{name!r} is a reserved name; choose another input name")
+            problem = why_reserved(name)
+            if problem is not None:
+                raise FieldError((name,), f"{problem}; choose another input name")
             _check_json_schema(schema, (name,))
             if "default" in schema:
                 _check_instance(schema["default"], schema, (name, "default"))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import InputError
+from engine.suggest import did_you_mean
 
 
 def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -20,9 +20,8 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
     given = dict(given or {})
     problems = []
     for name in given.keys() - declared.keys():
-        close = difflib.get_close_matches(name, list(declared), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f" (declared: {', '.join(declared) or 'none'})"
-        problems.append(f"unknown input {name!r}{hint}")
+        hint = did_you_mean(name, declared) or f"declared: {', '.join(declared) or 'none'}"
+        problems.append(f"unknown input {name!r} ({hint})")
     values: dict[str, Any] = {}
     for name, schema in declared.items():
         if name in given:

@@ -44,3 +44,27 @@ def test_import_configures_no_logging() -> None:
     code = "import logging, engine; print(len(logging.getLogger().handlers), logging.getLogger().level)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["0", str(logging.WARNING)]
+
+
+def test_the_three_lists_of_public_names_agree() -> None:
+    """``__all__``, the lazy table and the type checkers' imports name the same things, from the same modules."""
+    import ast
+    from pathlib import Path
+
+    source = Path(engine.__file__).read_text(encoding="utf-8")
+    guarded = next(node for node in ast.parse(source).body
+                   if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    typed = {alias.asname or alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom)
+             for alias in node.names}
+    assert typed == engine._EXPORTS
+    assert set(engine.__all__) == {*engine._EXPORTS, "__version__"}
+    for name, module in engine._EXPORTS.items():  # each name is defined where the table says
+        assert getattr(__import__(module, fromlist=[name]), name) is getattr(engine, name)
+
+
+def test_compiler_internals_are_not_exported() -> None:
+    for name in ("Binding", "Node", "NodeId", "NodePolicies", "RetrySpec"):
+        assert name not in engine.__all__
+    for name in ("EngineConfig", "ChatReply", "PlanOutcome", "RunFailedError"):
+        assert name in engine.__all__
+    assert issubclass(engine.RunFailedError, engine.OrchestrionError)

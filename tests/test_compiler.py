@@ -290,3 +290,48 @@ def test_item_is_bound_in_with_arguments_of_any_name() -> None:
                                      "with": {"when": "{{ item }}"}}))
     plan = compile_workflow(wf, CATALOG)
     assert plan.nodes["each"].bindings["item"].kind == "item"
+
+
+@pytest.mark.parametrize("template", sorted(path.stem for path in (ROOT / "templates").glob("*.yaml")))
+def test_a_plan_is_plain_values_that_pickle(template: str) -> None:
+    """A plan can be stored and sent to another process by value: no pydantic model or configuration
+    object is reachable from it, and it survives a pickle round trip unchanged."""
+    import dataclasses
+    import pickle
+
+    from pydantic import BaseModel
+
+    plan = compile_workflow(load_workflow(ROOT / "templates" / f"{template}.yaml"), Catalog.default())
+    seen: set[int] = set()
+
+    def walk(value: Any, where: str) -> None:
+        if id(value) in seen or isinstance(value, str | int | float | bool | type(None)):
+            return
+        seen.add(id(value))
+        assert not isinstance(value, BaseModel), f"{where} is a {type(value).__name__}"
+        if dataclasses.is_dataclass(value):
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name), f"{where}.{field.name}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}[{key!r}]")
+        else:
+            assert isinstance(value, tuple | list | frozenset), f"{where} is a {type(value).__name__}"
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+
+    walk(plan, "plan")
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy == plan and copy.dependents == plan.dependents and copy.has_timeouts == plan.has_timeouts
+    with pytest.raises(TypeError):
+        copy.nodes.clear()  # type: ignore[attr-defined]
+
+
+def test_cache_is_refused_until_the_response_cache_exists() -> None:
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(workflow(linear(task("a", cache=True)), defaults={"model": "fast_ai", "cache": True}),
+                         CATALOG)
+    problems = {(problem.code, problem.path) for problem in caught.value.problems}
+    assert problems == {("unsupported", ("defaults", "cache")), ("unsupported", ("stages", 0, "tasks", 0, "cache"))}
+    assert "not supported yet" in str(caught.value)
+    compile_workflow(workflow(linear(task("a", cache=False))), CATALOG)  # off is fine

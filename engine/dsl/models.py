@@ -120,7 +120,9 @@ class Policies(StrictModel):
     critical: bool | None = Field(
         None, description="If true (the default) a failure fails the run; if false the output is null."
     )
-    cache: bool | None = Field(None, description="Reuse a stored answer to an identical request.")
+    cache: bool | None = Field(
+        None, description="Reserved for the response cache, which is not built yet: `true` is refused by "
+        "validation; `false` or `null` mean no cache.")
 
     @field_validator("model")
     @classmethod

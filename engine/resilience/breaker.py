@@ -13,16 +13,22 @@ the state machine (closed -> open after ``failures`` -> half-open after
 - only failures of the endpoint count (rate limits, server errors, timeouts,
   connection errors); any other answer means it is up, and counts as a success.
 
+Every reading of the time goes through ``clock`` (the real UTC time unless a
+test gives a fake one): ``admit``, and pybreaker's own two readings, when it
+opens and when an open breaker is called (``_ClockedBreaker``).
+
 With Redis storage (``breaker.storage: redis://...``) the state is shared by
 processes; pybreaker's Redis client blocks, so the engine calls ``admit`` and
-``record`` in a worker thread.
+``record`` in a worker thread. Redis keeps the open time in whole seconds, so
+a shared breaker may half-open up to a second early.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pybreaker
 
@@ -30,6 +36,12 @@ from engine.config import BreakerConfig
 from engine.errors import TRANSIENT_KINDS, ModelError
 
 Admission = Literal["call", "trial", "reject"]
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _succeed() -> None:
@@ -40,12 +52,48 @@ def _fail(error: BaseException) -> None:
     raise error
 
 
+class _ClockedBreaker(pybreaker.CircuitBreaker):
+    """pybreaker's breaker, reading the time from ``clock`` instead of ``datetime.now``.
+
+    pybreaker reads the time in ``open`` (stored as ``opened_at``) and when an
+    open breaker is called; ``call`` makes that second decision itself before
+    delegating, so pybreaker's reading is never reached. (Another process may
+    open a shared breaker between the two; pybreaker then decides with the real
+    time, which is the same clock outside tests.)
+    """
+
+    def __init__(self, clock: Clock, storage: pybreaker.CircuitBreakerStorage, **options: Any) -> None:
+        self.clock = clock
+        self.storage = storage
+        self._deciding = threading.RLock()  # the check and the call it guards, as one step per process
+        super().__init__(state_storage=storage, **options)
+
+    def timeout_passed(self) -> bool:
+        """Has an open breaker waited its ``reset_timeout``? (True if it has no open time.)"""
+        opened_at = self.storage.opened_at
+        return opened_at is None or self.clock() >= opened_at + timedelta(seconds=self.reset_timeout)
+
+    def open(self) -> bool:
+        self.storage.opened_at = self.clock()
+        self.state = self.storage.state = pybreaker.STATE_OPEN
+        return True  # the tripping call raises CircuitBreakerError (pybreaker's default)
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._deciding:
+            if self.current_state == pybreaker.STATE_OPEN:
+                if not self.timeout_passed():
+                    raise pybreaker.CircuitBreakerError("Timeout not elapsed yet, circuit breaker still open")
+                self.half_open()
+            return super().call(func, *args, **kwargs)
+
+
 class EndpointBreaker(pybreaker.CircuitBreakerListener):
-    def __init__(self, name: str, config: BreakerConfig, storage: pybreaker.CircuitBreakerStorage) -> None:
+    def __init__(self, name: str, config: BreakerConfig, storage: pybreaker.CircuitBreakerStorage,
+                 clock: Clock = utc_now) -> None:
         self.name = name
         self.storage = storage
-        self.breaker = pybreaker.CircuitBreaker(fail_max=config.failures, reset_timeout=config.reset_timeout,
-                                                state_storage=storage, name=name, listeners=[self])
+        self.breaker = _ClockedBreaker(clock, storage, fail_max=config.failures, reset_timeout=config.reset_timeout,
+                                       name=name, listeners=[self])
         self.transitions: list[tuple[str, str]] = []
         self._trial = False
         self._lock = threading.Lock()
@@ -59,10 +107,8 @@ class EndpointBreaker(pybreaker.CircuitBreakerListener):
         state = self.storage.state
         if state == pybreaker.STATE_CLOSED:
             return "call"
-        if state == pybreaker.STATE_OPEN:
-            opened_at = self.storage.opened_at
-            if opened_at is not None and datetime.now(UTC) < opened_at + timedelta(seconds=self.breaker.reset_timeout):
-                return "reject"
+        if state == pybreaker.STATE_OPEN and not self.breaker.timeout_passed():
+            return "reject"
         with self._lock:  # open past its timeout, or half-open: one trial at a time
             if self._trial:
                 return "reject"
@@ -102,10 +148,14 @@ class EndpointBreaker(pybreaker.CircuitBreakerListener):
 
 
 class Breakers:
-    """The engine's breakers, created on first use, one per model alias."""
+    """The engine's breakers, created on first use, one per model alias.
 
-    def __init__(self, config: BreakerConfig) -> None:
+    ``clock`` is read by every breaker created after it is set (tests give a fake one).
+    """
+
+    def __init__(self, config: BreakerConfig, clock: Clock = utc_now) -> None:
         self.config = config
+        self.clock = clock
         self.blocking = config.storage is not None  # Redis I/O: keep admit/record off the event loop
         self._breakers: dict[str, EndpointBreaker] = {}
         self._redis: Any = None
@@ -113,7 +163,7 @@ class Breakers:
     def get(self, alias: str) -> EndpointBreaker:
         breaker = self._breakers.get(alias)
         if breaker is None:
-            breaker = self._breakers[alias] = EndpointBreaker(alias, self.config, self._storage(alias))
+            breaker = self._breakers[alias] = EndpointBreaker(alias, self.config, self._storage(alias), self.clock)
         return breaker
 
     def health(self) -> dict[str, dict[str, Any]]:

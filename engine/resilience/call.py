@@ -3,10 +3,10 @@
 Every attempt passes the pipeline's stages in order: each stage's ``enter``
 runs before the provider is called (it may refuse by raising, or return an
 awaitable to wait on: a rate limit, a free slot), and after the provider's
-answer or error, each entered stage's ``exit`` runs, innermost first. A
-stage that must wrap the call itself (the timeout) is a ``Handler``
-instead. All of it runs in one coroutine per attempt, so a call in flight
-holds one frame for the whole pipeline, not one per stage.
+answer or error, each entered stage's ``exit`` runs, innermost first. The
+time limit wraps the provider's call as a context manager. All of it runs
+in one coroutine per attempt, so a call in flight holds one frame for the
+whole pipeline, not one per stage.
 
 The ``Call`` is one task's: its policies (timeout, retry), its tallies
 (attempts, tokens, cost, the model that answered), what its stages note for

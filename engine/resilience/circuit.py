@@ -61,5 +61,7 @@ class BreakerStage:
 
 
 def _announce(breaker: EndpointBreaker, call: Call) -> None:
+    if not breaker.transitions:  # the common case, without taking the breaker's lock
+        return
     for old, new in breaker.drain_transitions():
         call.run.emit(BreakerStateChanged, task_id=call.task_id, model=breaker.name, old_state=old, new_state=new)

@@ -11,8 +11,9 @@ slots and timeout act on every attempt, so they sit inside the retry.
 Each stage is its own module and is tested alone. ``build_pipeline`` keeps only
 the stages an engine's configuration needs (no gates, no rate limits: no such
 stage), and one coroutine runs an attempt through all of them (``Stage`` in
-``call.py``): a call in flight holds a handful of frames, not one per stage,
-which is what lets ten thousand of them run at once at the cost of a few.
+``call.py``; the time limit is a context manager, ``timeout.py``): a call in
+flight holds two frames of the pipeline's, not one per stage, which is what
+lets ten thousand of them run at once for little more than the calls cost.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from engine.resilience.ratelimit import RateLimiter, RateLimitStage
 from engine.resilience.repair import answer_with_repairs
 from engine.resilience.retry import Retrier
 from engine.resilience.slots import SlotStage
-from engine.resilience.timeout import TimeoutStage
+from engine.resilience.timeout import time_limit
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class PipelineParts:
 class ModelPipeline:
     def __init__(self, stages: Sequence[Stage], send: Handler, retrier: Retrier, gate: GateStage | None = None) -> None:
         self.stages = tuple(stages)  # every attempt's, in order
-        self.send = send  # the provider's answer, under the timeout
+        self.send = send  # the provider's answer
         self.retrier = retrier
         self.gate = gate
 
@@ -87,35 +88,31 @@ class ModelPipeline:
                               to_model=chain[index + 1], error_kind=error.kind, error=error.message)
             index += 1
 
-    async def respond(self, request: ModelRequest, call: Call) -> ModelResponse:
-        """One model's response: gated, then attempted and retried."""
-        if self.gate is not None:
+    async def respond(self, request: ModelRequest, call: Call, *, first: bool = True) -> ModelResponse:
+        """One model's response. The first attempt is gated, and retried if it fails; each attempt runs
+        every stage's enter in order, the provider under the time limit, every entered exit in reverse."""
+        if first and self.gate is not None:
             request = await self.gate.route(request, call)
-        try:
-            return await self.attempt(request, call)
-        except ModelError as failure:
-            return await self._retry(failure, request, call)
-
-    def _retry(self, failure: ModelError, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
-        # Its own function: a closure in `respond` would cost every call its cells, failed or not.
-        return self.retrier.again(failure, lambda: self.attempt(request, call), call, request.model)
-
-    async def attempt(self, request: ModelRequest, call: Call) -> ModelResponse:
-        """One attempt through every stage: their enters in order, the provider, their exits in reverse."""
-        stages = self.stages
-        entered = 0
+        stages, entered = self.stages, 0
         try:
             for stage in stages:
                 pending = stage.enter(request, call)
                 if pending is not None:
                     await pending
                 entered += 1
-            response = await self.send(request, call)
+            with time_limit(request, call):
+                response = await self.send(request, call)
         except BaseException as error:
             await self._exit(stages[:entered], request, call, None, error)
+            if first and isinstance(error, ModelError):
+                return await self._retry(error, request, call)
             raise
         await self._exit(stages, request, call, response, None)
         return response
+
+    def _retry(self, failure: ModelError, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
+        # Its own function: a closure in `respond` would cost every call its cells, failed or not.
+        return self.retrier.again(failure, lambda: self.respond(request, call, first=False), call, request.model)
 
     @staticmethod
     async def _exit(stages: Sequence[Stage], request: ModelRequest, call: Call, response: ModelResponse | None,
@@ -141,4 +138,4 @@ def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     if parts.gatekeeper is not None and parts.gatekeeper.active:
         gate = GateStage(parts.gatekeeper, parts.clients, parts.tokenizers)
     retrier = Retrier(parts.sleep, parts.retry.attempts, parts.retry.retry_after_max)
-    return ModelPipeline(stages, TimeoutStage(provider.send), retrier, gate)
+    return ModelPipeline(stages, provider.send, retrier, gate)

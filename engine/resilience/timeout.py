@@ -12,19 +12,21 @@ anyio relative delays, so either backend's clock will do). Calls outside a run (
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from engine.errors import ModelError
-from engine.model.client import ModelRequest, ModelResponse
+from engine.model.client import ModelRequest
 
 if TYPE_CHECKING:
-    from engine.resilience.call import Call, Handler
+    from engine.resilience.call import Call
 
 RESOLUTION = 0.01  # seconds
 
@@ -70,32 +72,51 @@ class Deadlines:
                 scope.cancel()
 
 
-class TimeoutStage:
-    def __init__(self, inner: Handler) -> None:
-        self.inner = inner
+class TimeLimit:
+    """One attempt's time limit, a context manager around the provider's call: ``seconds``, then
+    ModelError ``timeout``. A class, not a generator or coroutine, so entering it adds no frame to
+    the call in flight. Without ``deadlines`` (a call outside a run) it is ``anyio.fail_after``."""
 
-    def __call__(self, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
-        if call.timeout is None:
-            return self.inner(request, call)  # nothing to do: no coroutine of its own
-        return self._timed(request, call, call.timeout)
+    __slots__ = ("deadlines", "key", "model", "scope", "seconds", "timer")
 
-    async def _timed(self, request: ModelRequest, call: Call, seconds: float) -> ModelResponse:
-        deadlines = call.run.deadlines
-        if deadlines is None:
+    def __init__(self, seconds: float, model: str, deadlines: Deadlines | None) -> None:
+        self.seconds = seconds
+        self.model = model
+        self.deadlines = deadlines
+        self.scope = anyio.CancelScope()
+        self.key = 0
+        self.timer: Any = None
+
+    def __enter__(self) -> None:
+        if self.deadlines is None:
+            self.timer = anyio.fail_after(self.seconds)
+            self.timer.__enter__()
+        else:
+            self.scope.__enter__()
+            self.key = self.deadlines.add(self.scope, self.seconds)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        if self.deadlines is None:
             try:
-                with anyio.fail_after(seconds):
-                    return await self.inner(request, call)
+                return bool(self.timer.__exit__(kind, error, traceback))
             except TimeoutError:
-                raise _timeout(request, seconds) from None
-        scope = anyio.CancelScope()
-        key = deadlines.add(scope, seconds)
-        try:
-            with scope:
-                return await self.inner(request, call)
-        finally:
-            deadlines.discard(key, scope)
-        raise _timeout(request, seconds)  # only reached when the scope was cancelled, by its deadline
+                raise self._expired() from None
+        self.deadlines.discard(self.key, self.scope)
+        swallowed = self.scope.__exit__(kind, error, traceback)
+        if self.scope.cancelled_caught:  # it caught its own cancellation: the deadline passed
+            raise self._expired() from None
+        return kind is not None and bool(swallowed)
+
+    def _expired(self) -> ModelError:
+        return ModelError("timeout", f"no answer within {self.seconds} s", model=self.model)
 
 
-def _timeout(request: ModelRequest, seconds: float) -> ModelError:
-    return ModelError("timeout", f"no answer within {seconds} s", model=request.model)
+def time_limit(request: ModelRequest, call: Call) -> AbstractContextManager[None]:
+    """The time limit of an attempt of ``call`` (none if its task has no ``timeout``)."""
+    if call.timeout is None:
+        return _NO_LIMIT
+    return TimeLimit(call.timeout, request.model, call.run.deadlines)
+
+
+_NO_LIMIT = contextlib.nullcontext()

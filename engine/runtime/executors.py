@@ -53,11 +53,13 @@ def prompt(services: Services, state: RunState, node: Node, result: TaskResult,
 
 def _system_message(services: Services, state: RunState, node: Node, variables: dict[str, Any]) -> str | None:
     """System prompt, addons and the schema instruction; computed once per node unless templated."""
+    policies, spec = node.policies, node.task
+    assert policies is not None and spec is not None
+    if not policies.system and not policies.addons and spec.output_schema is None:
+        return None
     cached, node_id = state.system_messages, node.id
     if node_id in cached:
         return cached[node_id]
-    policies, spec = node.policies, node.task
-    assert policies is not None and spec is not None
     templated = policies.system is not None and "{" in policies.system
     system = services.renderer.render(policies.system, variables) if policies.system else None
     message = system_message(system, policies.addons, services.catalog.addons, spec.output_schema)

@@ -33,6 +33,7 @@ def test_readme_python_runs_and_prints_what_it_says(monkeypatch) -> None:
     assert output.getvalue().splitlines() == expected
 
 
+@pytest.mark.timeout(180)  # its `orchestrion run` generates with the real local model (5-20 s)
 def test_readme_first_command_validates_and_graphs(monkeypatch, capsys) -> None:
     monkeypatch.chdir(ROOT)
     first = blocks("sh")[0]

@@ -6,12 +6,7 @@ and shared through a real redis-server), and that nothing is lost or duplicated.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import socket
-import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +18,7 @@ import pytest
 from engine import Engine
 from engine.config import BreakerConfig, EngineConfig, HttpProviderConfig, ModelConfig, RetryConfig
 from engine.testing import FakeModel, capture_events
+from tests.conftest import FakeClock
 from tests.support.fault_server import FaultServer, answer_for, running_fault_server
 
 pytestmark = pytest.mark.anyio
@@ -57,6 +53,14 @@ def config(server: FaultServer, *, breaker: BreakerConfig | None = None, **retry
         models={"medium_ai": ModelConfig(provider="flaky", model="m-medium"),
                 "thinking_ai": ModelConfig(provider="flaky", model="m-thinking")},
         breaker=breaker or BreakerConfig(), retry=RetryConfig(**retry))
+
+
+def with_clock(engine: Engine, clock: FakeClock) -> None:
+    """Give the engine's breakers a fake clock, before their first call.
+
+    Engine takes no clock yet, so this reaches its breakers; the breaker's own tests are in test_breaker.py.
+    """
+    engine._breakers.clock = clock
 
 
 def flow(count: int, *, chain: list[str], stage: str = "linear", retry: Any = None) -> dict[str, Any]:
@@ -151,13 +155,14 @@ async def test_a_dead_provider_opens_its_breaker_and_later_calls_fall_back_at_on
     assert all(latency is not None for latency in fallback_latency)
 
 
-async def test_half_open_lets_exactly_one_trial_through_under_100_concurrent_tasks(server, engines) -> None:
+async def test_half_open_lets_exactly_one_trial_through_under_100_concurrent_tasks(server, engines, clock) -> None:
     server.default = "503"
-    engine = engines(config(server, breaker=BreakerConfig(failures=5, reset_timeout=0.2)),
+    engine = engines(config(server, breaker=BreakerConfig(failures=5, reset_timeout=60)),
                     models={"fast_ai": FakeModel()}, sleep=Sleeps())
+    with_clock(engine, clock)
     await engine.run(flow(5, chain=["medium_ai", "fast_ai"], stage="inline"))
     assert engine.health()["breakers"]["medium_ai"]["state"] == "open"
-    await anyio.sleep(0.25)  # past the reset timeout: the next call is a trial
+    clock.advance(60)  # the reset timeout has passed: the next call is a trial
     server.default = "ok"
     before = len(server.requests)
     with capture_events(engine) as events:
@@ -190,31 +195,6 @@ async def test_the_api_key_never_appears_in_errors_events_or_results(server, eng
 
 
 # -- breaker state shared through Redis ----------------------------------------------------------
-
-@pytest.fixture
-def redis_url(tmp_path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            raise AssertionError(".ci/run installs redis-server; it is missing")
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as client:
-                if client.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
 
 async def test_breaker_state_is_shared_through_redis(server, engines, redis_url) -> None:
     server.default = "503"

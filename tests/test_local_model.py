@@ -19,7 +19,8 @@ from engine.model.client import Message
 from engine.providers.llama_cpp import LlamaCppProvider, default_model_path
 from engine.testing import capture_events
 
-pytestmark = pytest.mark.anyio
+# The real model: loading it, or starting its server (120 s allowed), counts against the first test.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 CITY = {"type": "object", "required": ["city", "country"],
         "properties": {"city": {"type": "string"}, "country": {"type": "string"}}}

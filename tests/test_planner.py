@@ -124,6 +124,7 @@ def test_orchestrion_plan_writes_a_file_that_validates_and_runs(tmp_path, capsys
     assert load_workflow(flow).inputs["request"]["default"].startswith("Create a marketing campaign")
 
 
+@pytest.mark.timeout(600)  # the real model plans, then runs its plan: 10 s to 270 s measured, as plans vary
 async def test_the_local_model_plans_a_workflow_that_validates_and_runs() -> None:
     engine = Engine()
     outcome = await engine.plan_outcome("Create a marketing campaign for eco-friendly water bottles")

@@ -199,7 +199,7 @@ class Engine:
                   *, run_id: str | None = None) -> RunResult:
         """Run a workflow to the end. Invalid workflows and inputs raise before anything runs;
         a failed run is a RunResult with ``status == "failed"`` (``raise_for_status()`` raises)."""
-        plan, values = self._prepare(workflow, inputs)
+        plan, values = await self._prepare(workflow, inputs)
         return await run_plan(self._services, plan, values, bus=EventBus(self._listeners), run_id=run_id)
 
     @asynccontextmanager
@@ -210,7 +210,7 @@ class Engine:
         Leaving the block before the run ends cancels it. After the last event
         (``run_finished``), ``events.result`` holds the RunResult.
         """
-        plan, values = self._prepare(workflow, inputs)
+        plan, values = await self._prepare(workflow, inputs)
         bus = EventBus(self._listeners)
         subscription = bus.subscribe(buffer or self.event_buffer)
         events = RunEvents(subscription)
@@ -235,7 +235,10 @@ class Engine:
         """``run`` for code without an event loop."""
         return anyio.run(functools.partial(self.run, workflow, inputs), backend=backend)
 
-    def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None) -> tuple[Plan, dict[str, Any]]:
+    async def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None
+                       ) -> tuple[Plan, dict[str, Any]]:
+        if isinstance(workflow, str | Path):  # reading and parsing a file stays off the event loop
+            workflow = await anyio.to_thread.run_sync(load_workflow, workflow)
         plan = self.compile(workflow)
         return plan, validate_inputs(plan.inputs, inputs)
 

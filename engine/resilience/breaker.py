@@ -87,6 +87,10 @@ class _ClockedBreaker(pybreaker.CircuitBreaker):
             return super().call(func, *args, **kwargs)
 
 
+def _counts_as_failure(error: BaseException | None) -> bool:
+    return isinstance(error, ModelError) and error.kind in TRANSIENT_KINDS
+
+
 class EndpointBreaker(pybreaker.CircuitBreakerListener):
     def __init__(self, name: str, config: BreakerConfig, storage: pybreaker.CircuitBreakerStorage,
                  clock: Clock = utc_now) -> None:
@@ -117,8 +121,10 @@ class EndpointBreaker(pybreaker.CircuitBreakerListener):
 
     def record(self, admission: Admission, error: BaseException | None) -> None:
         """Report how an admitted call went. (May block on Redis.)"""
+        if admission == "call" and not _counts_as_failure(error) and self._untouched():
+            return  # closed with no failure counted: a success would change nothing
         try:
-            if isinstance(error, ModelError) and error.kind in TRANSIENT_KINDS:
+            if _counts_as_failure(error):
                 self.breaker.call(_fail, error)
             else:
                 self.breaker.call(_succeed)
@@ -126,6 +132,9 @@ class EndpointBreaker(pybreaker.CircuitBreakerListener):
             pass  # the outcome is recorded; the caller handles the error itself
         finally:
             self.release(admission)
+
+    def _untouched(self) -> bool:
+        return self.storage.counter == 0 and self.storage.state == pybreaker.STATE_CLOSED
 
     def release(self, admission: Admission) -> None:
         """End a trial without recording it (the call was cancelled)."""

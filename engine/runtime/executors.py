@@ -135,7 +135,9 @@ class _Executor:
     async def _workflow(self, variables: dict[str, Any]) -> Any:
         self._check_depth()
         services = self.services
-        plan = services.compile(services.load_workflow(self.spec.source, self.state.plan.base_dir))
+        # Reading and parsing the file (once per engine: the catalog keeps it) stays off the event loop.
+        workflow = await anyio.to_thread.run_sync(services.load_workflow, self.spec.source, self.state.plan.base_dir)
+        plan = services.compile(workflow)
         arguments = self._arguments(self.spec.arguments or {}, variables)
         return await self._nested(plan, arguments, f"workflow {self.spec.source!r}")
 

@@ -77,6 +77,7 @@ class Call:
 
 
 Handler = Callable[[ModelRequest, Call], Awaitable[ModelResponse]]
+TextHandler = Callable[[ModelRequest, Call], Awaitable[str]]
 Pending = Awaitable[object] | None  # what a stage's enter or exit asks the pipeline to wait for, if anything
 
 

@@ -64,21 +64,26 @@ class ModelPipeline:
         self.retrier = retrier
         self.gate = gate
 
-    async def answer(self, request: ModelRequest, call: Call, chain: Sequence[str] | None = None, *,
-                     raw: bool = False) -> Any:
-        """The value of the first model of ``chain`` (default: the request's model) that answers.
-
-        ``raw``: the answer's text even when the request has an output schema, for a caller that
-        checks (and repairs) the answer itself, as the master planner does.
-        """
+    def answer(self, request: ModelRequest, call: Call, chain: Sequence[str] | None = None, *,
+               raw: bool = False) -> Awaitable[Any]:
+        """The value of the first model of ``chain`` (default: the request's model) that answers: its
+        text, or its JSON value if the request has an output schema (unless ``raw``: a caller that checks
+        and repairs the answer itself, as the master planner does). A single model asked for text, the
+        common case, is answered without a coroutine of this method's own."""
         chain = chain or (request.model,)
+        if len(chain) == 1 and chain[0] == request.model and (raw or request.output_schema is None):
+            return self.respond(request, call)
+        return self._first_answer(request, call, chain, raw)
+
+    async def _first_answer(self, request: ModelRequest, call: Call, chain: Sequence[str], raw: bool) -> Any:
+        """Each model of the chain in turn, until one answers."""
         index, last = 0, len(chain) - 1
         while True:  # an index, not an iterator: nothing more stays alive while the call is in flight
             alias = chain[index]
             routed = request if alias == request.model else for_model(request, alias)
             try:
                 if raw or routed.output_schema is None:
-                    return (await self.respond(routed, call)).text
+                    return await self.respond(routed, call)
                 return await answer_with_repairs(self.respond, routed, call)
             except ModelError as error:
                 if index == last or error.kind == "denied":
@@ -88,11 +93,15 @@ class ModelPipeline:
                               to_model=chain[index + 1], error_kind=error.kind, error=error.message)
             index += 1
 
-    async def respond(self, request: ModelRequest, call: Call, *, first: bool = True) -> ModelResponse:
-        """One model's response. The first attempt is gated, and retried if it fails; each attempt runs
+    async def respond(self, request: ModelRequest, call: Call, *, first: bool = True) -> str:
+        """One model's answer. The first attempt is gated, and retried if it fails; each attempt runs
         every stage's enter in order, the provider under the time limit, every entered exit in reverse."""
         if first and self.gate is not None:
-            request = await self.gate.route(request, call)
+            try:
+                request = await self.gate.route(request, call)
+            except ModelError as denied:
+                denied.task_id, denied.attempt = call.task_id, call.tally.attempts
+                raise
         stages, entered = self.stages, 0
         try:
             for stage in stages:
@@ -104,13 +113,15 @@ class ModelPipeline:
                 response = await self.send(request, call)
         except BaseException as error:
             await self._exit(stages[:entered], request, call, None, error)
-            if first and isinstance(error, ModelError):
-                return await self._retry(error, request, call)
+            if isinstance(error, ModelError):
+                error.task_id, error.attempt = call.task_id, call.tally.attempts
+                if first:
+                    return await self._retry(error, request, call)
             raise
         await self._exit(stages, request, call, response, None)
-        return response
+        return response.text
 
-    def _retry(self, failure: ModelError, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
+    def _retry(self, failure: ModelError, request: ModelRequest, call: Call) -> Awaitable[str]:
         # Its own function: a closure in `respond` would cost every call its cells, failed or not.
         return self.retrier.again(failure, lambda: self.respond(request, call, first=False), call, request.model)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
@@ -28,8 +28,9 @@ from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 from engine.compiler.plan import RetrySpec
 from engine.errors import ModelError
 from engine.events import TaskRetrying
-from engine.model.client import ModelResponse
 from engine.resilience.call import Call, Sleep
+
+T = TypeVar("T")
 
 
 class Retrier:
@@ -40,8 +41,7 @@ class Retrier:
         self.attempts_per_kind = attempts_per_kind
         self.retry_after_max = retry_after_max
 
-    async def again(self, failure: ModelError, attempt: Callable[[], Awaitable[ModelResponse]], call: Call,
-                    model: str) -> ModelResponse:
+    async def again(self, failure: ModelError, attempt: Callable[[], Awaitable[T]], call: Call, model: str) -> T:
         """Retry after the first attempt's ``failure`` (replayed into tenacity) as ``call.retry`` allows."""
         spec = call.retry
         if not failure.transient or spec is None or spec.max_attempts <= 1:

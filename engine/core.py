@@ -31,11 +31,11 @@ from engine.dsl.models import Workflow
 from engine.events import Emitter, Event
 from engine.model.client import ModelClient, ModelRequest
 from engine.model.prices import Price
-from engine.resilience.call import Call, RunContext, Sleep, Totals
+from engine.resilience.call import Call, RunContext, Sleep
 from engine.runtime.bus import EventBus, Listener, Subscription
 from engine.runtime.context import Ask, PlannedWorkflow, Services
 from engine.runtime.inputs import validate_inputs
-from engine.runtime.results import RunResult
+from engine.runtime.results import RunResult, TaskResult
 from engine.runtime.scheduler import run_plan
 from engine.templating import RenderLimits, TemplateRenderer
 
@@ -125,7 +125,7 @@ class Engine:
         alias = model or self._services.planner_model
         bus = EventBus(self._listeners)
         call = Call("plan", RunContext(Emitter(f"plan-{uuid.uuid4().hex}", bus.emit if bus.active else None)),
-                    Totals(), timeout=ENGINE_TIMEOUT, retry=ENGINE_RETRY)
+                    TaskResult("plan"), timeout=ENGINE_TIMEOUT, retry=ENGINE_RETRY)
 
         async def ask(message: ModelRequest) -> Any:
             return await self._pipeline.answer(message, call, raw=True)  # the planner checks it

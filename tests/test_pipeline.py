@@ -16,7 +16,7 @@ from engine.model.client import Message
 from engine.model.prices import Price
 from engine.resilience.breaker import Breakers
 from engine.resilience.budget import Budget, SpendStage
-from engine.resilience.call import Call, RunContext, Totals
+from engine.resilience.call import Call, RunContext
 from engine.resilience.circuit import BreakerStage
 from engine.resilience.gates import Gatekeeper
 from engine.resilience.pipeline import PipelineParts, build_pipeline
@@ -24,6 +24,7 @@ from engine.resilience.provider import Clients, ProviderStage
 from engine.resilience.ratelimit import RateLimiter, RateLimitStage
 from engine.resilience.slots import SlotStage
 from engine.resilience.timeout import Deadlines, TimeLimit, time_limit
+from engine.runtime.results import TaskResult
 from engine.testing import FakeModel, capture_events
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +34,7 @@ REQUEST = ModelRequest("fast_ai", (Message("user", "hello"),), max_tokens=10)
 def make_call(events: list[Event] | None = None, *, budget: float | None = None, timeout: float | None = None,
               deadlines: Deadlines | None = None) -> Call:
     emit = Emitter("run", events.append if events is not None else None)
-    return Call("task", RunContext(emit, Budget(budget), deadlines), Totals(), timeout=timeout)
+    return Call("task", RunContext(emit, Budget(budget), deadlines), TaskResult("task"), timeout=timeout)
 
 
 # -- stages alone ---------------------------------------------------------------------------------

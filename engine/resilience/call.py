@@ -53,17 +53,6 @@ class Tally(Protocol):
 
 
 @dataclass(slots=True)
-class Totals:
-    """A Tally of its own, for calls made outside a run (the planner's)."""
-
-    attempts: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    model: str | None = None
-
-
-@dataclass(slots=True)
 class Call:
     """One task's model calls: its policies, where they add up, and its run."""
 

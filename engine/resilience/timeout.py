@@ -7,7 +7,8 @@ cancel scopes by due time, watched by one task that sleeps until the earliest
 bucket is due and cancels what is still in it. Registering and leaving a
 bucket are a set insertion and removal. A deadline fires at most ``RESOLUTION``
 seconds late. Deadlines are read from ``time.monotonic`` (the watcher only hands
-anyio relative delays, so either backend's clock will do). Calls outside a run (``Engine.plan``) use ``fail_after``.
+anyio relative delays, so either backend's clock will do). Calls outside a run
+(``Engine.plan``) use ``fail_after``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Deadlines:
     def __init__(self) -> None:
         self._buckets: dict[int, set[anyio.CancelScope]] = {}
         self._due: list[int] = []  # bucket keys, a heap; keys of emptied buckets are skipped lazily
+        self._queued: set[int] = set()  # the keys in the heap, each once however often its bucket returns
         self._earlier = anyio.Event()
 
     def add(self, scope: anyio.CancelScope, seconds: float) -> int:
@@ -46,7 +48,9 @@ class Deadlines:
             bucket = self._buckets[key] = set()
             if not self._due or key < self._due[0]:
                 self._earlier.set()  # the watcher sleeps until a later bucket, or forever: wake it
-            heapq.heappush(self._due, key)
+            if key not in self._queued:
+                self._queued.add(key)
+                heapq.heappush(self._due, key)
         bucket.add(scope)
         return key
 
@@ -61,14 +65,16 @@ class Deadlines:
         """Cancel the scopes whose deadline has passed, until cancelled."""
         while True:
             while self._due and self._due[0] not in self._buckets:
-                heapq.heappop(self._due)
+                self._queued.discard(heapq.heappop(self._due))
             delay = self._due[0] * RESOLUTION - time.monotonic() if self._due else math.inf
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self._earlier.wait()
                 self._earlier = anyio.Event()
                 continue
-            for scope in self._buckets.pop(heapq.heappop(self._due), ()):
+            key = heapq.heappop(self._due)
+            self._queued.discard(key)
+            for scope in self._buckets.pop(key, ()):
                 scope.cancel()
 
 

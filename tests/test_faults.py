@@ -208,3 +208,15 @@ async def test_breaker_state_is_shared_through_redis(server, engines, redis_url)
     assert result.status == "succeeded" and len(server.requests) == 3  # the second engine never called it
     assert [e.error_kind for e in events if e.type == "task_fell_back"] == ["breaker_open"] * 4
     assert second.health()["breakers"]["medium_ai"]["state"] == "open"
+
+
+async def test_a_server_that_ignores_the_stream_request_still_answers(server: FaultServer, engines: Any) -> None:
+    """With a listener attached the engine asks for a stream; plain JSON back is one chunk, not a cut stream."""
+    server.default = "nostream"
+    engine = engines(config(server))
+    with capture_events(engine) as events:
+        result = await engine.run(flow(1, chain=["medium_ai"]))
+    assert result.status == "succeeded" and result.tasks["t0"].output == "answer:question 0"
+    assert server.requests[0]["stream"] is True and result.tasks["t0"].attempts == 1
+    assert [event.text for event in events if event.type == "token_delta"] == ["answer:question 0"]  # type: ignore[attr-defined]
+    assert result.tasks["t0"].input_tokens == 10  # the answer's own usage, not an estimate

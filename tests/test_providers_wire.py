@@ -472,3 +472,15 @@ def test_repr_never_shows_the_key(vendor: str) -> None:
     provider = AnthropicProvider("p", config, {}) if vendor == "anthropic" else GeminiProvider("p", config, {})
     assert KEY not in repr(provider) and KEY not in str(provider)
     assert repr(provider) == f"{type(provider).__name__}('p')"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("vendor", ["anthropic", "gemini"])
+async def test_a_plain_json_answer_to_a_stream_request_is_one_chunk(server: WireServer, vendor: str) -> None:
+    """A server (or proxy) that ignores the stream request and answers with plain JSON, by its content type."""
+    server.script = [Reply(body=ANTHROPIC_MESSAGE if vendor == "anthropic" else GEMINI_RESPONSE)]
+    make = anthropic if vendor == "anthropic" else gemini
+    async with aclosing(make(server)) as provider:
+        deltas, finals = await collect(provider, request())
+    assert deltas == ["Hello again!"]
+    assert [final.text for final in finals] == ["Hello again!"] and finals[0].usage.input_tokens > 0

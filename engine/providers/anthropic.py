@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.errors import ModelError
 from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
-from engine.providers.http import HttpClientPool, error_from_event, post_json, post_sse
+from engine.providers.http import HttpClientPool, WholeAnswer, error_from_event, post_json, post_sse
 from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -42,14 +42,7 @@ class AnthropicProvider:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         model = self.models.get(request.model, request.model)
-        data = await post_json(self.pool, PATH, self._body(request, model, stream=False), model)
-        try:
-            text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
-            return ModelResponse(text, _usage(data.get("usage")), data.get("model") or model,
-                                 data.get("stop_reason") or "end_turn")
-        except (KeyError, IndexError, TypeError, AttributeError) as error:
-            message = f"{model} sent an answer without content: {error!r}"
-            raise ModelError("server_error", message, model=model) from None
+        return _answer(await post_json(self.pool, PATH, self._body(request, model, stream=False), model), model)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
         model = self.models.get(request.model, request.model)
@@ -57,9 +50,13 @@ class AnthropicProvider:
         usage: dict[str, Any] = {}
         finish, answered_by = "end_turn", model
         failure: ModelError | None = None
+        whole: ModelResponse | None = None
         events = post_sse(self.pool, PATH, self._body(request, model, stream=True), model)
         async with aclosing(events):  # closes the HTTP stream if the consumer leaves early
             async for event in events:
+                if isinstance(event, WholeAnswer):  # the server ignored `stream: true`
+                    whole = _answer(event.data, model)
+                    continue
                 if failure is not None or not isinstance(event, dict):
                     continue  # after an error, read to the end (the API closes the stream), then raise
                 kind = event.get("type")
@@ -77,6 +74,11 @@ class AnthropicProvider:
                     usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
                 elif kind == "error":
                     failure = _stream_error(event.get("error"), model)
+        if whole is not None:
+            if whole.text:
+                yield TextDelta(whole.text)
+            yield whole
+            return
         if failure is not None:
             raise failure
         yield ModelResponse("".join(pieces), _usage(usage), answered_by, finish)
@@ -116,3 +118,13 @@ def _stream_error(error: Any, model: str) -> ModelError:
     error_type = str(error.get("type") or "error")
     message = f"{model} failed mid-stream: {error_type}: {error.get('message') or ''}".strip()
     return error_from_event(error_type, message, model)
+
+
+def _answer(data: Any, model: str) -> ModelResponse:
+    """A Messages API answer's JSON as a ModelResponse."""
+    try:
+        text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
+        return ModelResponse(text, _usage(data.get("usage")), data.get("model") or model,
+                             data.get("stop_reason") or "end_turn")
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ModelError("server_error", f"{model} sent an answer without content: {error!r}", model=model) from None

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from engine.errors import ModelError
 from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
-from engine.providers.http import HttpClientPool, error_from_event, post_json, post_sse
+from engine.providers.http import HttpClientPool, WholeAnswer, error_from_event, post_json, post_sse
 from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -37,17 +37,7 @@ class GeminiProvider:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         model = self.models.get(request.model, request.model)
-        data = await post_json(self.pool, _path(model, "generateContent"), _body(request), model)
-        failure = _failure(data, model)
-        if failure is not None:
-            raise failure
-        try:
-            candidate = data["candidates"][0]
-            return ModelResponse(_text(candidate), _usage(data.get("usageMetadata")),
-                                 data.get("modelVersion") or model, candidate.get("finishReason") or "STOP")
-        except (KeyError, IndexError, TypeError, AttributeError) as error:
-            message = f"{model} sent an answer without candidates: {error!r}"
-            raise ModelError("server_error", message, model=model) from None
+        return _answer(await post_json(self.pool, _path(model, "generateContent"), _body(request), model), model)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
         model = self.models.get(request.model, request.model)
@@ -56,8 +46,12 @@ class GeminiProvider:
         failure: ModelError | None = None
         chunks = post_sse(
             self.pool, _path(model, "streamGenerateContent") + "?alt=sse", _body(request), model)
+        whole: ModelResponse | None = None
         async with aclosing(chunks):  # closes the HTTP stream if the consumer leaves early
             async for chunk in chunks:
+                if isinstance(chunk, WholeAnswer):  # the server ignored `alt=sse`
+                    whole = _answer(chunk.data, model)
+                    continue
                 if failure is not None:
                     continue  # read to the end (the API closes the stream after an error), then raise
                 failure = _failure(chunk, model)
@@ -72,6 +66,11 @@ class GeminiProvider:
                         pieces.append(text)
                         yield TextDelta(text)
                     finish = candidate.get("finishReason") or finish
+        if whole is not None:
+            if whole.text:
+                yield TextDelta(whole.text)
+            yield whole
+            return
         if failure is not None:
             raise failure
         yield ModelResponse("".join(pieces), usage, answered_by, finish)
@@ -131,3 +130,17 @@ def _usage(data: Any) -> Usage:
         return Usage()
     output = int(data.get("candidatesTokenCount") or 0) + int(data.get("thoughtsTokenCount") or 0)
     return Usage(int(data.get("promptTokenCount") or 0), output, int(data.get("cachedContentTokenCount") or 0))
+
+
+def _answer(data: Any, model: str) -> ModelResponse:
+    """A generateContent answer's JSON as a ModelResponse (a blocked prompt is an error)."""
+    failure = _failure(data, model)
+    if failure is not None:
+        raise failure
+    try:
+        candidate = data["candidates"][0]
+        return ModelResponse(_text(candidate), _usage(data.get("usageMetadata")),
+                             data.get("modelVersion") or model, candidate.get("finishReason") or "STOP")
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ModelError("server_error", f"{model} sent an answer without candidates: {error!r}",
+                         model=model) from None

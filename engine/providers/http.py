@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -158,13 +159,26 @@ async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any], mo
         raise error_from_exception(error, model) from None
 
 
+@dataclass(frozen=True, slots=True)
+class WholeAnswer:
+    """What a server that ignored ``stream: true`` sent instead: the whole answer as plain JSON."""
+
+    data: Any
+
+
+def _media_type(response: httpx.Response) -> str:
+    return str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
+
+
 async def post_sse(
     pool: HttpClientPool, path: str, body: Mapping[str, Any], model: str, *, done_marker: bool = False,
 ) -> AsyncGenerator[Any, None]:
     """POST and read a server-sent event stream: each ``data:`` payload decoded as JSON.
 
     With ``done_marker`` (OpenAI's ``data: [DONE]``), a stream that ends without it was cut: a
-    ``connection`` error, so the call is retried rather than a partial answer taken as whole.
+    ``connection`` error, so the call is retried rather than a partial answer taken as whole. A
+    server that answers with plain JSON (by its content type) instead of a stream gives one
+    ``WholeAnswer``, which the provider reads as it reads a completion.
     """
     try:
         # Identity encoding and our own line splitting over aiter_raw: httpx's aiter_lines nests four
@@ -173,6 +187,9 @@ async def post_sse(
         async with pool.client().stream("POST", path, json=body, headers=headers) as response:
             if response.status_code >= 400:
                 raise error_from_response(response, await response.aread(), model)
+            if _media_type(response) == "application/json":
+                yield WholeAnswer(json.loads(await response.aread()))
+                return
             raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # typed as an iterator; a generator
             async with aclosing(raw):
                 pending = b""

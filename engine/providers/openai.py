@@ -13,7 +13,7 @@ from typing import Any
 from engine.errors import ModelError
 from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
 from engine.model.tokens import estimate_tokens
-from engine.providers.http import HttpClientPool, post_json, post_sse
+from engine.providers.http import HttpClientPool, WholeAnswer, post_json, post_sse
 from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -36,20 +36,18 @@ class OpenAIProvider:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         model = self.models.get(request.model, request.model)
         data = await post_json(self.pool, "/chat/completions", self._body(request, model, stream=False), model)
-        try:
-            choice = data["choices"][0]
-            return ModelResponse(choice["message"].get("content") or "", _usage(data.get("usage")),
-                                 data.get("model", model), choice.get("finish_reason") or "stop")
-        except (KeyError, IndexError, TypeError, AttributeError) as error:
-            message = f"{model} sent an answer without choices: {error!r}"
-            raise ModelError("server_error", message, model=model) from None
+        return _answer(data, model)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
         model = self.models.get(request.model, request.model)
         pieces: list[str] = []
         usage, finish, answered_by = None, "stop", model
         body = self._body(request, model, stream=True)
+        whole: ModelResponse | None = None
         async for chunk in post_sse(self.pool, "/chat/completions", body, model, done_marker=True):
+            if isinstance(chunk, WholeAnswer):  # the server ignored `stream: true`
+                whole = _answer(chunk.data, model)
+                continue
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
             answered_by = chunk.get("model", answered_by)
@@ -59,6 +57,11 @@ class OpenAIProvider:
                     pieces.append(text)
                     yield TextDelta(text)
                 finish = choice.get("finish_reason") or finish
+        if whole is not None:
+            if whole.text:
+                yield TextDelta(whole.text)
+            yield whole
+            return
         text = "".join(pieces)
         if usage is None:  # servers without stream_options (llama.cpp's) send no usage: an upper estimate
             usage = Usage(sum(estimate_tokens(m.content) for m in request.messages), estimate_tokens(text))
@@ -85,6 +88,16 @@ class OpenAIProvider:
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
+
+
+def _answer(data: Any, model: str) -> ModelResponse:
+    """A completion's JSON as a ModelResponse."""
+    try:
+        choice = data["choices"][0]
+        return ModelResponse(choice["message"].get("content") or "", _usage(data.get("usage")),
+                             data.get("model", model), choice.get("finish_reason") or "stop")
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ModelError("server_error", f"{model} sent an answer without choices: {error!r}", model=model) from None
 
 
 def _usage(data: Any) -> Usage:

@@ -12,6 +12,7 @@ Each request takes the next fault from ``faults`` (a list consumed in order, the
     reset      the connection is closed without an answer
     malformed  200 with a body that is not JSON
     cut        a stream that stops mid-way, without its end marker
+    nostream   the answer as plain JSON even when a stream was asked for (a server that ignores it)
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
+
+        def _nostream(self, body: dict[str, Any]) -> None:
+            self._ok({**body, "stream": False})
 
         def _cut(self, body: dict[str, Any]) -> None:
             self._stream(body, answer_for(body), cut=True)

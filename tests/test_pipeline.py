@@ -266,3 +266,72 @@ async def test_engine_plan_meets_the_gates_before_anything_is_spent() -> None:
         await engine.plan("do a thing")
     assert model.calls == []  # denied before the model was asked
     assert [event.action for event in events if event.type == "gate_applied"] == ["deny"]  # type: ignore[attr-defined]
+
+
+# -- what a transient error does: retry the same model, or fall back (retry.on) -----------------------
+
+def chain_flow(retry: dict[str, Any] | None = None, chain: tuple[str, ...] = ("medium_ai", "thinking_ai")) -> Any:
+    task: dict[str, Any] = {"id": "a", "prompt": "go", "model": list(chain)}
+    if retry is not None:
+        task["retry"] = retry
+    return {"dsl": "orchestrion/v1", "name": "policy", "stages": [{"type": "linear", "tasks": [task]}]}
+
+
+def down(kind: str = "connection", retry_after: float | None = None) -> ModelError:
+    return ModelError(kind, f"{kind}!", model="medium_ai", retry_after=retry_after)  # type: ignore[arg-type]
+
+
+class Sleeps(list[float]):
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.mark.parametrize("kind", ["connection", "timeout", "server_error"])
+async def test_an_unreachable_or_failing_model_is_left_at_once_when_there_is_a_next_one(kind: str) -> None:
+    model, sleeps = FakeModel({"medium_ai": down(kind), "thinking_ai": "backup"}), Sleeps()
+    result = await Engine(models=model, sleep=sleeps).run(chain_flow())
+    assert result.tasks["a"].output == "backup" and len(model.calls_to("medium_ai")) == 1 and sleeps == []
+
+
+async def test_with_nowhere_else_to_go_the_same_error_is_retried_with_backoff() -> None:
+    model, sleeps = FakeModel({"medium_ai": [down(), down(), "third time"]}), Sleeps()
+    result = await Engine(models=model, sleep=sleeps).run(chain_flow(chain=("medium_ai",)))
+    assert result.tasks["a"].output == "third time" and len(sleeps) == 2
+
+
+async def test_retry_then_fallback_retries_first_and_retry_never_falls_back() -> None:
+    model, sleeps = FakeModel({"medium_ai": down(), "thinking_ai": "backup"}), Sleeps()
+    engine = Engine(models=model, sleep=sleeps)
+    result = await engine.run(chain_flow({"on": {"connection": "retry_then_fallback"}}))
+    assert result.tasks["a"].output == "backup" and len(model.calls_to("medium_ai")) == 4 and len(sleeps) == 3
+    result = await engine.run(chain_flow({"on": {"connection": "retry"}, "max_attempts": 2}))
+    assert result.status == "failed" and result.tasks["a"].error_kind == "connection"
+    assert len(model.calls_to("thinking_ai")) == 1  # only the first run reached the backup
+
+
+async def test_a_rate_limit_is_retried_unless_its_retry_after_is_longer_than_any_wait() -> None:
+    model, sleeps = FakeModel({"medium_ai": [down("rate_limit", 2), "waited"], "thinking_ai": "backup"}), Sleeps()
+    engine = Engine(models=model, sleep=sleeps)
+    assert (await engine.run(chain_flow())).tasks["a"].output == "waited" and sleeps == [2]
+    model.script["medium_ai"] = [down("rate_limit", 3_600)]
+    assert (await engine.run(chain_flow())).tasks["a"].output == "backup" and sleeps == [2]
+
+
+def test_the_policy_merges_per_class_from_defaults_and_task() -> None:
+    from engine import compile_workflow, load_workflow
+
+    document = chain_flow({"on": {"timeout": "retry"}})
+    document["defaults"] = {"retry": {"on": {"connection": "retry_then_fallback", "timeout": "fallback"}}}
+    retry = compile_workflow(load_workflow(document)).nodes["a"].policies.retry  # type: ignore[index, union-attr]
+    assert retry is not None
+    assert {kind: retry.action(kind) for kind in ("connection", "timeout", "server_error", "rate_limit")} == {
+        "connection": "retry_then_fallback", "timeout": "retry", "server_error": "fallback",
+        "rate_limit": "retry_then_fallback"}
+
+
+async def test_an_open_breaker_ends_the_retries_before_another_wait() -> None:
+    config = EngineConfig(breaker=BreakerConfig(failures=2, reset_timeout=60))
+    model, sleeps = FakeModel({"medium_ai": down("server_error")}), Sleeps()
+    result = await Engine(config, models=model, sleep=sleeps).run(chain_flow(chain=("medium_ai",)))
+    assert result.status == "failed"
+    assert len(model.calls_to("medium_ai")) == 2 and len(sleeps) == 1  # the second failure opened it: no third

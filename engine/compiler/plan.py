@@ -43,6 +43,11 @@ class RetrySpec:
     max_delay: float
     jitter: Literal["full", "none"]
     max_elapsed: float | None
+    on: tuple[tuple[str, str], ...] = ()  # (error class, action) pairs; a class left out: retry_then_fallback
+
+    def action(self, kind: str) -> str:
+        """What a transient error of ``kind`` does: retry, fallback, or retry_then_fallback."""
+        return next((action for name, action in self.on if name == kind), "retry_then_fallback")
 
 
 @dataclass(frozen=True, slots=True)

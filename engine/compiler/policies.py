@@ -11,8 +11,12 @@ from typing import Any
 from engine.compiler.plan import NodePolicies, RetrySpec
 from engine.dsl.models import Policies, RetryPolicy, Task
 
+# An unreachable, hanging or failing provider sends the call to the next model at once (retrying it
+# with backoff is for when there is none); a rate limit says "wait", so it is retried first.
 ENGINE_RETRY = RetrySpec(max_attempts=4, initial_delay=1.0, backoff=2.0, max_delay=30.0,
-                         jitter="full", max_elapsed=None)
+                         jitter="full", max_elapsed=None,
+                         on=(("connection", "fallback"), ("timeout", "fallback"), ("server_error", "fallback"),
+                             ("rate_limit", "retry_then_fallback")))
 ENGINE_TIMEOUT = 120.0
 _UNSET = object()
 
@@ -51,9 +55,14 @@ def _retry(task: Task, defaults: Policies) -> RetrySpec | None:
             levels.append(level.retry)
     fields: dict[str, Any] = {}
     for name in RetrySpec.__slots__:
+        if name == "on":
+            continue
         value = next((getattr(level, name) for level in levels if _given(level, name)), _UNSET)
         fields[name] = getattr(ENGINE_RETRY, name) if value is _UNSET else value
-    return RetrySpec(**fields)
+    actions: dict[str, str] = dict(ENGINE_RETRY.on)  # per class: the engine's, then `defaults`, then the task's
+    for given in reversed(levels):
+        actions.update({kind: action for kind, action in (given.on or {}).items()})
+    return RetrySpec(**fields, on=tuple(sorted(actions.items())))
 
 
 def _given(level: RetryPolicy, name: str) -> bool:

@@ -72,6 +72,10 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
 
 
+TransientKind = Literal["rate_limit", "server_error", "timeout", "connection"]
+FailureAction = Literal["retry", "fallback", "retry_then_fallback"]
+
+
 class RetryPolicy(StrictModel):
     """Exponential backoff with jitter. Fields left out inherit from `defaults.retry`."""
 
@@ -84,6 +88,12 @@ class RetryPolicy(StrictModel):
     )
     max_elapsed: float | None = Field(
         None, gt=0, description="Total seconds of retrying for the task, apart from each attempt's `timeout`."
+    )
+    on: dict[TransientKind, FailureAction] | None = Field(
+        None, description="What a transient error does, per class: `retry` the same model (never the next), "
+        "`fallback` to the next model of the chain at once (retried only when there is none), or "
+        "`retry_then_fallback`. Classes left out inherit; by default `connection`, `timeout` and "
+        "`server_error` fall back at once and `rate_limit` retries first.",
     )
 
 

@@ -175,6 +175,11 @@ class Breakers:
             breaker = self._breakers[alias] = EndpointBreaker(alias, self.config, self._storage(alias), self.clock)
         return breaker
 
+    def is_open(self, alias: str) -> bool:
+        """Is the alias's breaker open now (never called: no)? Reads its storage: may block on Redis."""
+        breaker = self._breakers.get(alias)
+        return breaker is not None and breaker.storage.state == pybreaker.STATE_OPEN
+
     def health(self) -> dict[str, dict[str, Any]]:
         return {alias: breaker.health() for alias, breaker in sorted(self._breakers.items())}
 

@@ -5,7 +5,11 @@
 
 The fallback chain tries each model in turn: an error that retrying did not
 fix, an open breaker, or a context window too small moves to the next model
-(``TaskFellBack``); a gate's denial does not. Breaker, budget, rate limit,
+(``TaskFellBack``); a gate's denial does not. Which transient errors are
+retried on the same model first, and which move on at once, is the task's
+``retry.on`` policy (``_retries``): by default an unreachable, hanging or
+failing provider is left at once for the next model, and retried with backoff
+only when there is none. Breaker, budget, rate limit,
 slots and timeout act on every attempt, so they sit inside the retry.
 
 Each stage is its own module and is tested alone. ``build_pipeline`` keeps only
@@ -81,12 +85,13 @@ class ModelPipeline:
         while True:  # an index, not an iterator: nothing more stays alive while the call is in flight
             alias = chain[index]
             routed = request if alias == request.model else for_model(request, alias)
+            call.fallback = index < last
             try:
                 if raw or routed.output_schema is None:
                     return await self.respond(routed, call)
                 return await answer_with_repairs(self.respond, routed, call)
             except ModelError as error:
-                if index == last or error.kind == "denied":
+                if index == last or error.kind == "denied" or _stays(error, call):
                     error.task_id, error.attempt = call.task_id, call.tally.attempts
                     raise
                 call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.tally.attempts, from_model=alias,
@@ -115,7 +120,7 @@ class ModelPipeline:
             await self._exit(stages[:entered], request, call, None, error)
             if isinstance(error, ModelError):
                 error.task_id, error.attempt = call.task_id, call.tally.attempts
-                if first:
+                if first and _retries(error, call):
                     return await self._retry(error, request, call)
             raise
         await self._exit(stages, request, call, response, None)
@@ -134,6 +139,26 @@ class ModelPipeline:
                 await pending
 
 
+def _retries(error: ModelError, call: Call) -> bool:
+    """Is a failed first attempt retried on the same model? Transient errors are, unless the task's
+    policy sends them to a next model that exists: at once (`fallback`), or when a rate limit's
+    Retry-After is longer than the policy would ever wait."""
+    spec = call.retry
+    if spec is None or not error.transient:
+        return False
+    if not call.fallback:
+        return True  # nowhere else to go
+    action = spec.action(error.kind)
+    if action == "fallback":
+        return False
+    return not (action == "retry_then_fallback" and (error.retry_after or 0) > spec.max_delay)
+
+
+def _stays(error: ModelError, call: Call) -> bool:
+    """A `retry` policy keeps its class of error on the model: it never moves to the next one."""
+    return error.transient and call.retry is not None and call.retry.action(error.kind) == "retry"
+
+
 def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     provider = ProviderStage(parts.clients, parts.prices)
     stages: list[Stage] = []
@@ -148,5 +173,8 @@ def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     gate = None
     if parts.gatekeeper is not None and parts.gatekeeper.active:
         gate = GateStage(parts.gatekeeper, parts.clients, parts.tokenizers)
-    retrier = Retrier(parts.sleep, parts.retry.attempts, parts.retry.retry_after_max)
+    breakers = parts.breakers
+    # An open breaker ends a call's retries on that model; read only where reading does not block.
+    is_open = breakers.is_open if breakers is not None and not breakers.blocking else None
+    retrier = Retrier(parts.sleep, parts.retry.attempts, parts.retry.retry_after_max, is_open)
     return ModelPipeline(stages, provider.send, retrier, gate)

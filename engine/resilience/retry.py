@@ -36,10 +36,12 @@ T = TypeVar("T")
 class Retrier:
     """Attempts again after a transient failure, with backoff, until the policy says stop."""
 
-    def __init__(self, sleep: Sleep, attempts_per_kind: Mapping[Any, int], retry_after_max: float) -> None:
+    def __init__(self, sleep: Sleep, attempts_per_kind: Mapping[Any, int], retry_after_max: float,
+                 is_open: Callable[[str], bool] | None = None) -> None:
         self.sleep = sleep
         self.attempts_per_kind = attempts_per_kind
         self.retry_after_max = retry_after_max
+        self.is_open = is_open  # alias -> is its circuit breaker open: then waiting to retry is pointless
 
     async def again(self, failure: ModelError, attempt: Callable[[], Awaitable[T]], call: Call, model: str) -> T:
         """Retry after the first attempt's ``failure`` (replayed into tenacity) as ``call.retry`` allows."""
@@ -61,8 +63,10 @@ class Retrier:
                 call.run.emit(TaskRetrying, task_id=call.task_id, attempt=call.tally.attempts, model=model,
                               error_kind=error.kind, error=error.message, delay_s=retry_state.next_action.sleep)
 
+        is_open = self.is_open
+        blocked = (lambda: is_open(model)) if is_open is not None else None
         return AsyncRetrying(
-            stop=ModelStop(spec, self.attempts_per_kind), sleep=self.sleep, reraise=True,
+            stop=ModelStop(spec, self.attempts_per_kind, blocked), sleep=self.sleep, reraise=True,
             wait=ModelWait(spec, self.retry_after_max), before_sleep=announce,
             retry=retry_if_exception(lambda error: isinstance(error, ModelError) and error.transient),
         )
@@ -90,10 +94,12 @@ class ModelWait(wait_base):
 
 
 class ModelStop(stop_base):
-    def __init__(self, spec: RetrySpec, attempts_per_kind: Mapping[Any, int]) -> None:
+    def __init__(self, spec: RetrySpec, attempts_per_kind: Mapping[Any, int],
+                 blocked: Callable[[], bool] | None = None) -> None:
         self.max_attempts = spec.max_attempts
         self.max_elapsed = spec.max_elapsed
         self.attempts_per_kind = attempts_per_kind
+        self.blocked = blocked  # true once the model's breaker is open: stop before sleeping
         self.seen: Counter[str] = Counter()
 
     def __call__(self, retry_state: RetryCallState) -> bool:
@@ -101,6 +107,8 @@ class ModelStop(stop_base):
         kind = error.kind if isinstance(error, ModelError) else "unknown"
         self.seen[kind] += 1
         if retry_state.attempt_number >= self.max_attempts:
+            return True
+        if self.blocked is not None and self.blocked():
             return True
         if self.seen[kind] >= self.attempts_per_kind.get(kind, self.max_attempts):
             return True

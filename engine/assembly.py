@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.catalog import DEFAULT_MODEL_ALIASES
-from engine.config import EngineConfig
+from engine.config import EngineConfig, HttpProviderConfig
 from engine.model.client import ModelClient
 from engine.model.prices import Price
 from engine.providers import build_provider
@@ -19,6 +19,7 @@ from engine.resilience.gates import Gatekeeper
 from engine.resilience.pipeline import ModelPipeline, PipelineParts, build_pipeline
 from engine.resilience.provider import Clients
 from engine.resilience.ratelimit import RateLimiter
+from engine.resilience.slots import Slot
 
 
 def clients_for(config: EngineConfig, models: ModelClient | Mapping[str, ModelClient] | None) -> Clients:
@@ -38,8 +39,18 @@ def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, 
     return build_pipeline(PipelineParts(
         clients=clients, prices=prices, breakers=breakers, gatekeeper=Gatekeeper(config.gates, windows),
         tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
-        rate_limiters=rate_limiters(config), model_concurrency=model_concurrency, retry=config.retry, sleep=sleep,
+        rate_limiters=rate_limiters(config), slots=slots(config, model_concurrency), retry=config.retry, sleep=sleep,
     ))
+
+
+def slots(config: EngineConfig, model_concurrency: Mapping[str, int]) -> dict[str, list[Slot]]:
+    """alias -> its slots: its own ``model_concurrency``, then its HTTP provider's ``max_connections``."""
+    found: dict[str, list[Slot]] = {alias: [(f"alias:{alias}", limit)] for alias, limit in model_concurrency.items()}
+    for alias, (name, _) in provider_routes(config, set(DEFAULT_MODEL_ALIASES)).items():
+        provider = config.providers[name]
+        if isinstance(provider, HttpProviderConfig):
+            found.setdefault(alias, []).append((f"provider:{name}", provider.max_connections))
+    return found
 
 
 def provider_routes(config: EngineConfig, aliases: set[str]) -> dict[str, tuple[str, str]]:

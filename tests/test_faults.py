@@ -220,3 +220,18 @@ async def test_a_server_that_ignores_the_stream_request_still_answers(server: Fa
     assert server.requests[0]["stream"] is True and result.tasks["t0"].attempts == 1
     assert [event.text for event in events if event.type == "token_delta"] == ["answer:question 0"]  # type: ignore[attr-defined]
     assert result.tasks["t0"].input_tokens == 10  # the answer's own usage, not an estimate
+
+
+async def test_calls_queued_behind_a_dead_endpoint_are_refused_once_its_breaker_opens(
+        server: FaultServer, engines: Any) -> None:
+    """Slots are taken before the breaker is asked: of 12 calls to a hanging model with 2 connections, the
+    first 2 time out and open the breaker, and the other 10 go to the fallback instead of queueing."""
+    server.default, server.hang_seconds = "hang", 2.0
+    settings = config(server, breaker=BreakerConfig(failures=2, reset_timeout=60))
+    narrow = settings.providers["flaky"].model_copy(update={"max_connections": 2})
+    settings = settings.model_copy(update={"providers": {"flaky": narrow}})
+    engine = engines(settings, models={"fast_ai": FakeModel({"fast_ai": "backup"})})
+    started = anyio.current_time()
+    result = await engine.run(flow(12, chain=["medium_ai", "fast_ai"]))
+    assert result.status == "succeeded" and {task.output for task in result.tasks.values()} == {"backup"}
+    assert len(server.requests) == 2 and anyio.current_time() - started < 1.5  # one 0.3 s timeout, not six

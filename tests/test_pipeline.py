@@ -67,7 +67,7 @@ async def test_the_spend_stage_reserves_then_settles_and_refuses_past_the_limit(
 
 
 async def test_the_slot_stage_lets_a_limited_number_through() -> None:
-    stage = SlotStage({"fast_ai": 1})
+    stage = SlotStage({"fast_ai": [("alias:fast_ai", 2), ("provider:p", 1)]})  # the narrower one decides
     run = make_call().run  # slots are shared by the calls of a run
     inside: list[int] = []
     most = 0
@@ -202,9 +202,9 @@ def test_the_pipeline_leaves_out_stages_with_nothing_to_do() -> None:
     assert [type(stage).__name__ for stage in bare.stages] == ["SpendStage", "ProviderStage"] and bare.gate is None
     full = build_pipeline(PipelineParts(
         clients=clients, breakers=Breakers(BreakerConfig()), gatekeeper=Gatekeeper([GateRule(above=10, deny=True)], {}),
-        rate_limiters={"fast_ai": RateLimiter(1, None)}, model_concurrency={"fast_ai": 2}))
+        rate_limiters={"fast_ai": RateLimiter(1, None)}, slots={"fast_ai": [("alias:fast_ai", 2)]}))
     assert [type(stage).__name__ for stage in full.stages] == [
-        "BreakerStage", "SpendStage", "RateLimitStage", "SlotStage", "ProviderStage"]
+        "SpendStage", "SlotStage", "RateLimitStage", "BreakerStage", "ProviderStage"]
     assert full.gate is not None
 
 

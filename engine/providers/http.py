@@ -116,6 +116,9 @@ class HttpClientPool:
                  max_connections: int) -> None:
         self._options: dict[str, Any] = {
             "base_url": base_url, "headers": dict(headers),
+            # Loading the certificates takes ~20 ms: once, when the engine is built, not per event loop
+            # inside it (where it would block the loop on the first request).
+            "verify": httpx.create_ssl_context(),
             # No pool timeout: waiting for a free connection is queueing, not a fault of the provider.
             "timeout": httpx.Timeout(timeout, connect=connect_timeout, pool=None),
             "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -1,16 +1,18 @@
 """A model call as a pipeline of small stages, in the order a request meets them::
 
     fallback chain ─▶ structured output and repairs ─▶ gate ─▶ (response cache) ─▶ retry
-        ─▶ circuit breaker ─▶ budget ─▶ rate limit ─▶ per-alias slots ─▶ timeout ─▶ provider
+        ─▶ budget ─▶ slots ─▶ rate limit ─▶ circuit breaker ─▶ time limit ─▶ provider
 
 The fallback chain tries each model in turn: an error that retrying did not
 fix, an open breaker, or a context window too small moves to the next model
-(``TaskFellBack``); a gate's denial does not. Which transient errors are
+(``TaskFellBack``); a gate's denial does not. The breaker is asked last, after
+any wait for a slot or a rate limit, so a call that waited behind a dead
+endpoint is refused as soon as its breaker has opened. Which transient errors are
 retried on the same model first, and which move on at once, is the task's
 ``retry.on`` policy (``_retries``): by default an unreachable, hanging or
 failing provider is left at once for the next model, and retried with backoff
 only when there is none. Breaker, budget, rate limit,
-slots and timeout act on every attempt, so they sit inside the retry.
+slots and the time limit act on every attempt, so they sit inside the retry.
 
 Each stage is its own module and is tested alone. ``build_pipeline`` keeps only
 the stages an engine's configuration needs (no gates, no rate limits: no such
@@ -42,7 +44,7 @@ from engine.resilience.provider import Clients, ProviderStage
 from engine.resilience.ratelimit import RateLimiter, RateLimitStage
 from engine.resilience.repair import answer_with_repairs
 from engine.resilience.retry import Retrier
-from engine.resilience.slots import SlotStage
+from engine.resilience.slots import Slot, SlotStage
 from engine.resilience.timeout import time_limit
 
 
@@ -56,7 +58,7 @@ class PipelineParts:
     gatekeeper: Gatekeeper | None = None
     tokenizers: Mapping[str, str | None] = field(default_factory=dict)
     rate_limiters: Mapping[str, RateLimiter] = field(default_factory=dict)
-    model_concurrency: Mapping[str, int] = field(default_factory=dict)
+    slots: Mapping[str, Sequence[Slot]] = field(default_factory=dict)  # alias -> its concurrency slots
     retry: RetryConfig = field(default_factory=RetryConfig)
     sleep: Sleep = anyio.sleep
 
@@ -161,14 +163,13 @@ def _stays(error: ModelError, call: Call) -> bool:
 
 def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     provider = ProviderStage(parts.clients, parts.prices)
-    stages: list[Stage] = []
-    if parts.breakers is not None:
-        stages.append(BreakerStage(parts.breakers))
-    stages.append(SpendStage(parts.prices))
+    stages: list[Stage] = [SpendStage(parts.prices)]
+    if parts.slots:
+        stages.append(SlotStage(parts.slots))
     if parts.rate_limiters:
         stages.append(RateLimitStage(parts.rate_limiters, parts.sleep))
-    if parts.model_concurrency:
-        stages.append(SlotStage(parts.model_concurrency))
+    if parts.breakers is not None:
+        stages.append(BreakerStage(parts.breakers))
     stages.append(provider)
     gate = None
     if parts.gatekeeper is not None and parts.gatekeeper.active:

@@ -15,6 +15,7 @@ min-max of several runs; asserts nothing about time.
 from __future__ import annotations
 
 import random
+import socket
 import statistics
 import time
 from typing import Any
@@ -48,6 +49,46 @@ def flow(count: int, chain: list[str], stage: str = "inline", **defaults: Any) -
 
 async def _no_sleep(seconds: float) -> None:
     await anyio.lowlevel.checkpoint()
+
+
+def refusing_url() -> str:
+    """A loopback port nothing listens on: every connection is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+async def first_requests_after_an_outage() -> None:
+    print("== 0. a dead primary, a healthy backup (`model: [primary, backup]`, shipped defaults): latency of "
+          "each request, in order")
+    for outage in ("refuses connections", "hangs (HTTP timeout 2 s)"):
+        with running_fault_server() as backup, running_fault_server() as hanging:
+            hanging.default, hanging.hang_seconds = "hang", 5.0
+            primary = refusing_url() if outage.startswith("refuses") else hanging.url
+            config = EngineConfig(
+                providers={"primary": HttpProviderConfig(kind="openai", base_url=primary, timeout=2.0),
+                           "backup": HttpProviderConfig(kind="openai", base_url=backup.url)},
+                models={"medium_ai": ModelConfig(provider="primary"), "thinking_ai": ModelConfig(provider="backup")})
+            engine = Engine(config)  # the real sleep: retries would cost real time
+            await engine.run(flow(1, ["thinking_ai"]))  # a running service: the process has made HTTP calls before
+            latencies = []
+            for _ in range(53):
+                start = time.perf_counter()
+                result = await engine.run(flow(1, ["medium_ai", "thinking_ai"]))
+                latencies.append(time.perf_counter() - start)
+                assert result.status == "succeeded" and result.tasks["t0"].model == "thinking_ai", result.error
+            crowd = Engine(config)
+            start = time.perf_counter()
+            result = await crowd.run(flow(200, ["medium_ai", "thinking_ai"], stage="linear"))
+            wall = time.perf_counter() - start
+            assert result.status == "succeeded", result.error
+            for each in (engine, crowd):
+                await each.aclose()
+        first = ", ".join(f"{latency * 1000:.1f}" for latency in latencies[:3])
+        print(f"  primary {outage}: requests 1, 2, 3: {first} ms")
+        summary("  requests 4-53", latencies[3:], "ms", 1000)
+        print(f"  200 concurrent requests on a fresh engine: {wall:.2f} s wall")
 
 
 async def failover() -> None:
@@ -127,6 +168,7 @@ async def local_tokens_per_second() -> None:
 
 
 async def main() -> None:
+    await first_requests_after_an_outage()
     await failover()
     await retries()
     await local_tokens_per_second()

@@ -56,6 +56,8 @@ class FaultServer:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 256  # socketserver's 5 resets connections when hundreds arrive at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         return None  # a client that gave up on a hanging answer breaks the pipe: that is the point
 
@@ -71,6 +73,12 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: Any) -> None:  # quiet
             return None
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and the
+            # client's delayed ACK hold the body back 40 ms, which a real server does not do.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

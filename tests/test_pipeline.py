@@ -335,3 +335,43 @@ async def test_an_open_breaker_ends_the_retries_before_another_wait() -> None:
     result = await Engine(config, models=model, sleep=sleeps).run(chain_flow(chain=("medium_ai",)))
     assert result.status == "failed"
     assert len(model.calls_to("medium_ai")) == 2 and len(sleeps) == 1  # the second failure opened it: no third
+
+
+# -- hedging: the next model is asked as well when the first is slow ----------------------------------
+
+def hedged_flow(hedge_after: float, chain: tuple[str, ...] = ("medium_ai", "thinking_ai")) -> Any:
+    document = chain_flow(chain=chain)
+    document["stages"][0]["tasks"][0]["hedge_after"] = hedge_after
+    return document
+
+
+async def test_a_slow_model_is_joined_by_the_next_and_the_first_answer_wins() -> None:
+    model = FakeModel({"medium_ai": "slow", "thinking_ai": "quick"}, latency={"medium_ai": 5.0, "thinking_ai": 0.01})
+    engine = Engine(models=model)
+    started = time.monotonic()
+    with capture_events(engine) as events:
+        result = await engine.run(hedged_flow(0.05))
+    assert result.tasks["a"].output == "quick" and time.monotonic() - started < 1
+    assert result.tasks["a"].attempts == 2 and result.tasks["a"].model == "thinking_ai"  # both were asked
+    (hedge,) = [event for event in events if event.type == "task_fell_back"]
+    assert hedge.error_kind == "hedge" and hedge.to_model == "thinking_ai"  # type: ignore[attr-defined]
+
+
+async def test_a_model_that_answers_before_the_hedge_delay_is_alone() -> None:
+    model = FakeModel({"medium_ai": "first", "thinking_ai": "never"}, latency=0.01)
+    result = await Engine(models=model).run(hedged_flow(1.0))
+    assert result.tasks["a"].output == "first" and model.calls_to("thinking_ai") == []
+
+
+async def test_when_the_hedge_fails_the_slower_first_model_still_answers() -> None:
+    model = FakeModel({"medium_ai": "late but right", "thinking_ai": ModelError("auth", "no key")},
+                      latency={"medium_ai": 0.2, "thinking_ai": 0.0})
+    result = await Engine(models=model).run(hedged_flow(0.05))
+    assert result.tasks["a"].output == "late but right"
+
+
+async def test_when_both_hedged_models_fail_the_chain_goes_on_past_both() -> None:
+    model = FakeModel({"medium_ai": ModelError("auth", "no"), "thinking_ai": ModelError("auth", "no"),
+                       "fast_ai": "third"}, latency={"medium_ai": 0.2, "thinking_ai": 0.1})
+    result = await Engine(models=model).run(hedged_flow(0.05, ("medium_ai", "thinking_ai", "fast_ai")))
+    assert result.tasks["a"].output == "third" and len(model.calls_to("thinking_ai")) == 1

@@ -59,6 +59,7 @@ class NodePolicies:
     retry: RetrySpec | None
     critical: bool
     cache: bool
+    hedge_after: float | None
     temperature: float | None
     max_tokens: int | None
     system: str | None

@@ -30,6 +30,7 @@ def resolve_policies(task: Task, defaults: Policies) -> NodePolicies:
         retry=_retry(task, defaults),
         critical=_pick("critical", task, defaults, True) is not False,
         cache=bool(_pick("cache", task, defaults, False)),
+        hedge_after=_pick("hedge_after", task, defaults, None),
         temperature=_pick("temperature", task, defaults, None),
         max_tokens=_pick("max_tokens", task, defaults, None),
         system=_pick("system", task, defaults, None),

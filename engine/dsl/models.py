@@ -130,6 +130,11 @@ class Policies(StrictModel):
     critical: bool | None = Field(
         None, description="If true (the default) a failure fails the run; if false the output is null."
     )
+    hedge_after: float | None = Field(
+        None, gt=0, description="Seconds after which a model of the fallback chain that has not answered is "
+        "joined by the next one, asked the same; the first answer wins and the other call is cancelled "
+        "(both are paid for). For chains of two or more models.",
+    )
     cache: bool | None = Field(
         None, description="Reserved for the response cache, which is not built yet: `true` is refused by "
         "validation; `false` or `null` mean no cache.")
@@ -149,6 +154,7 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     "addons": frozenset({"prompt"}),
     "temperature": frozenset({"prompt", "plan"}),
     "max_tokens": frozenset({"prompt", "plan"}),
+    "hedge_after": frozenset({"prompt", "plan"}),
     "output": frozenset({"prompt", "call"}),
     "with_": frozenset({"call", "workflow"}),
 }

@@ -25,7 +25,7 @@ lets ten thousand of them run at once for little more than the calls cost.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -82,23 +82,70 @@ class ModelPipeline:
         return self._first_answer(request, call, chain, raw)
 
     async def _first_answer(self, request: ModelRequest, call: Call, chain: Sequence[str], raw: bool) -> Any:
-        """Each model of the chain in turn, until one answers."""
+        """Each model of the chain in turn, until one answers (two at once once a hedge is due)."""
         index, last = 0, len(chain) - 1
         while True:  # an index, not an iterator: nothing more stays alive while the call is in flight
             alias = chain[index]
             routed = request if alias == request.model else for_model(request, alias)
             call.fallback = index < last
+            step = 1
             try:
-                if raw or routed.output_schema is None:
-                    return await self.respond(routed, call)
-                return await answer_with_repairs(self.respond, routed, call)
+                if call.hedge_after is None or index == last:
+                    return await self._value(routed, call, raw)
+                hedge = for_model(request, chain[index + 1])
+                try:
+                    value, step = await self._hedged(routed, hedge, call, raw, index + 1 < last)
+                except _Hedged as hedged:
+                    step = hedged.asked
+                    raise hedged.error from None
+                return value
             except ModelError as error:
-                if index == last or error.kind == "denied" or _stays(error, call):
+                if index + step > last or error.kind == "denied" or _stays(error, call):
                     error.task_id, error.attempt = call.task_id, call.tally.attempts
                     raise
                 call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.tally.attempts, from_model=alias,
-                              to_model=chain[index + 1], error_kind=error.kind, error=error.message)
-            index += 1
+                              to_model=chain[index + step], error_kind=error.kind, error=error.message)
+            index += step
+
+    async def _value(self, request: ModelRequest, call: Call, raw: bool) -> Any:
+        if raw or request.output_schema is None:
+            return await self.respond(request, call)
+        return await answer_with_repairs(self.respond, request, call)
+
+    async def _hedged(self, request: ModelRequest, hedge: ModelRequest, call: Call, raw: bool,
+                      beyond: bool) -> tuple[Any, int]:
+        """Ask ``request``'s model; if it has not settled after ``hedge_after`` seconds, ask ``hedge``'s too.
+        The first answer wins and the other call is cancelled. Returns the value and how many models of the
+        chain were used; raises the last error, marked with that count, if every one asked failed."""
+        settled, receive = anyio.create_memory_object_stream[tuple[Any, ModelError | None]](2)
+        asked = 1
+        outcome: tuple[Any, ModelError | None] | None = None
+        async with anyio.create_task_group() as group:
+            async def ask(routed: ModelRequest, own: Call) -> None:
+                try:
+                    settled.send_nowait((await self._value(routed, own, raw), None))
+                except ModelError as error:
+                    settled.send_nowait((None, error))
+
+            group.start_soon(ask, request, replace(call, fallback=True))  # its own scratch, the same tally
+            with anyio.move_on_after(call.hedge_after or 0):
+                outcome = await receive.receive()
+            if outcome is None:  # no answer yet: the next model is asked as well
+                call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.tally.attempts, from_model=request.model,
+                              to_model=hedge.model, error_kind="hedge", error=f"no answer within {call.hedge_after} s")
+                group.start_soon(ask, hedge, replace(call, fallback=beyond))
+                asked = 2
+                outcome = await receive.receive()
+                if outcome[1] is not None:  # the first to settle failed: the other may still answer
+                    outcome = await receive.receive()
+            group.cancel_scope.cancel()  # the first answer wins
+        settled.close()
+        receive.close()
+        assert outcome is not None
+        value, error = outcome
+        if error is not None:
+            raise _Hedged(error, asked)
+        return value, asked
 
     async def respond(self, request: ModelRequest, call: Call, *, first: bool = True) -> str:
         """One model's answer. The first attempt is gated, and retried if it fails; each attempt runs
@@ -139,6 +186,15 @@ class ModelPipeline:
             pending = stage.exit(request, call, response, error)
             if pending is not None:
                 await pending
+
+
+class _Hedged(Exception):  # noqa: N818  (a signal inside the pipeline, never seen outside it)
+    """Every model a hedged call asked failed: the last error, and how many models that was."""
+
+    def __init__(self, error: ModelError, asked: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.asked = asked
 
 
 def _retries(error: ModelError, call: Call) -> bool:

@@ -47,8 +47,8 @@ def prompt(services: Services, state: RunState, node: Node, result: TaskResult,
     request = build_request(policies.models[0], _system_message(services, state, node, variables),
                             services.renderer.render(spec.source, variables), temperature=policies.temperature,
                             max_tokens=policies.max_tokens, schema=spec.output_schema)
-    return services.pipeline.answer(request, Call(node.id, state.calls, result, policies.timeout, policies.retry),
-                                    policies.models)
+    call = Call(node.id, state.calls, result, policies.timeout, policies.retry, policies.hedge_after)
+    return services.pipeline.answer(request, call, policies.models)
 
 
 def _system_message(services: Services, state: RunState, node: Node, variables: dict[str, Any]) -> str | None:
@@ -147,7 +147,7 @@ class _Executor:
         services, policies, node = self.services, self.node.policies, self.node
         assert policies is not None
         chain = policies.models or (services.planner_model,)
-        call = Call(node.id, self.state.calls, self.result, policies.timeout, policies.retry)
+        call = Call(node.id, self.state.calls, self.result, policies.timeout, policies.retry, policies.hedge_after)
 
         async def ask(request: ModelRequest) -> Any:
             return await services.pipeline.answer(request, call, chain, raw=True)  # the planner checks it

@@ -62,7 +62,7 @@ def refusing_url() -> str:
 async def first_requests_after_an_outage() -> None:
     print("== 0. a dead primary, a healthy backup (`model: [primary, backup]`, shipped defaults): latency of "
           "each request, in order")
-    for outage in ("refuses connections", "hangs (HTTP timeout 2 s)"):
+    for outage in ("refuses connections", "hangs (HTTP timeout 2 s)", "hangs, hedge_after: 0.5"):
         with running_fault_server() as backup, running_fault_server() as hanging:
             hanging.default, hanging.hang_seconds = "hang", 5.0
             primary = refusing_url() if outage.startswith("refuses") else hanging.url
@@ -72,15 +72,16 @@ async def first_requests_after_an_outage() -> None:
                 models={"medium_ai": ModelConfig(provider="primary"), "thinking_ai": ModelConfig(provider="backup")})
             engine = Engine(config)  # the real sleep: retries would cost real time
             await engine.run(flow(1, ["thinking_ai"]))  # a running service: the process has made HTTP calls before
+            hedge = {"hedge_after": 0.5} if "hedge" in outage else {}
             latencies = []
             for _ in range(53):
                 start = time.perf_counter()
-                result = await engine.run(flow(1, ["medium_ai", "thinking_ai"]))
+                result = await engine.run(flow(1, ["medium_ai", "thinking_ai"], **hedge))
                 latencies.append(time.perf_counter() - start)
                 assert result.status == "succeeded" and result.tasks["t0"].model == "thinking_ai", result.error
             crowd = Engine(config)
             start = time.perf_counter()
-            result = await crowd.run(flow(200, ["medium_ai", "thinking_ai"], stage="linear"))
+            result = await crowd.run(flow(200, ["medium_ai", "thinking_ai"], stage="linear", **hedge))
             wall = time.perf_counter() - start
             assert result.status == "succeeded", result.error
             for each in (engine, crowd):

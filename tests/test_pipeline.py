@@ -375,3 +375,16 @@ async def test_when_both_hedged_models_fail_the_chain_goes_on_past_both() -> Non
                        "fast_ai": "third"}, latency={"medium_ai": 0.2, "thinking_ai": 0.1})
     result = await Engine(models=model).run(hedged_flow(0.05, ("medium_ai", "thinking_ai", "fast_ai")))
     assert result.tasks["a"].output == "third" and len(model.calls_to("thinking_ai")) == 1
+
+
+async def test_a_model_hedged_away_counts_as_too_slow_so_its_breaker_can_open() -> None:
+    config = EngineConfig(breaker=BreakerConfig(failures=2, reset_timeout=60))
+    model = FakeModel({"medium_ai": "slow", "thinking_ai": "quick"}, latency={"medium_ai": 5.0, "thinking_ai": 0.0})
+    engine = Engine(config, models=model)
+    for _ in range(2):
+        assert (await engine.run(hedged_flow(0.2))).tasks["a"].output == "quick"
+    assert engine.health()["breakers"]["medium_ai"]["state"] == "open"
+    started = time.monotonic()
+    assert (await engine.run(hedged_flow(0.2))).tasks["a"].output == "quick"
+    assert time.monotonic() - started < 0.15  # refused at once by the open breaker: no hedge delay
+    assert len(model.calls_to("medium_ai")) == 2

@@ -63,6 +63,7 @@ class Call:
     retry: RetrySpec | None = None
     hedge_after: float | None = None  # seconds before the next model of the chain is asked as well
     fallback: bool = False  # is there a next model in the chain after the current one
+    hedged_away: bool = False  # cancelled because the next model, asked later, answered first
     admission: str = "call"  # the breaker's word on the current attempt
     reserved: float = 0.0  # the budget reserved for the current attempt
 

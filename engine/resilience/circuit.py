@@ -3,8 +3,9 @@ fallback chain moves to its next model; every admitted attempt's outcome is reco
 
 Breaker state changes are announced as events. With Redis storage the breaker's
 I/O blocks, so it runs in a worker thread, and the outcome is recorded even if
-the run is being cancelled. A cancelled attempt says nothing about the endpoint:
-it only ends a half-open trial.
+the run is being cancelled. A cancelled attempt says nothing about the endpoint
+(it only ends a half-open trial), unless it was cancelled because a hedge asked
+after it answered first: then it counts as a timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import anyio
 import anyio.to_thread
 
+from engine.errors import ModelError
 from engine.events import BreakerStateChanged
 from engine.model.client import ModelRequest, ModelResponse
 from engine.resilience.breaker import Admission, Breakers, EndpointBreaker
@@ -34,8 +36,11 @@ class BreakerStage:
         breaker = self.breakers.get(request.model)
         admission: Admission = call.admission  # type: ignore[assignment]  # set by enter
         if error is not None and isinstance(error, anyio.get_cancelled_exc_class()):
-            breaker.release(admission)
-            return None
+            if not call.hedged_away:
+                breaker.release(admission)
+                return None
+            # Cancelled because a model asked after it answered first: it was too slow, and that counts.
+            error = ModelError("timeout", f"{request.model} was slower than its hedge", model=request.model)
         if self.breakers.blocking:
             return self._record_off_loop(breaker, admission, error, call)
         breaker.record(admission, error)

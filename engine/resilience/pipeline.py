@@ -117,17 +117,18 @@ class ModelPipeline:
         """Ask ``request``'s model; if it has not settled after ``hedge_after`` seconds, ask ``hedge``'s too.
         The first answer wins and the other call is cancelled. Returns the value and how many models of the
         chain were used; raises the last error, marked with that count, if every one asked failed."""
-        settled, receive = anyio.create_memory_object_stream[tuple[Any, ModelError | None]](2)
+        settled, receive = anyio.create_memory_object_stream[tuple[Any, ModelError | None, Call]](2)
         asked = 1
-        outcome: tuple[Any, ModelError | None] | None = None
+        outcome: tuple[Any, ModelError | None, Call] | None = None
+        first = replace(call, fallback=True)  # each asks with its own scratch, into the same tally
         async with anyio.create_task_group() as group:
             async def ask(routed: ModelRequest, own: Call) -> None:
                 try:
-                    settled.send_nowait((await self._value(routed, own, raw), None))
+                    settled.send_nowait((await self._value(routed, own, raw), None, own))
                 except ModelError as error:
-                    settled.send_nowait((None, error))
+                    settled.send_nowait((None, error, own))
 
-            group.start_soon(ask, request, replace(call, fallback=True))  # its own scratch, the same tally
+            group.start_soon(ask, request, first)
             with anyio.move_on_after(call.hedge_after or 0):
                 outcome = await receive.receive()
             if outcome is None:  # no answer yet: the next model is asked as well
@@ -138,11 +139,12 @@ class ModelPipeline:
                 outcome = await receive.receive()
                 if outcome[1] is not None:  # the first to settle failed: the other may still answer
                     outcome = await receive.receive()
+                first.hedged_away = outcome[2] is not first and outcome[1] is None  # its breaker learns it was slow
             group.cancel_scope.cancel()  # the first answer wins
         settled.close()
         receive.close()
         assert outcome is not None
-        value, error = outcome
+        value, error, _ = outcome
         if error is not None:
             raise _Hedged(error, asked)
         return value, asked

@@ -388,3 +388,22 @@ async def test_a_model_hedged_away_counts_as_too_slow_so_its_breaker_can_open() 
     assert (await engine.run(hedged_flow(0.2))).tasks["a"].output == "quick"
     assert time.monotonic() - started < 0.15  # refused at once by the open breaker: no hedge delay
     assert len(model.calls_to("medium_ai")) == 2
+
+
+async def test_a_breaker_that_opens_during_a_retry_wait_ends_the_wait() -> None:
+    """One call waits 10 s to retry a rate-limited model; another call's failure opens the model's breaker:
+    the wait ends there, the retry is refused by the breaker, and the call falls over to the backup."""
+    async def fail_soon(request: ModelRequest) -> Any:
+        await anyio.sleep(0.1)
+        raise ModelError("server_error", "down", model="medium_ai")
+
+    model = FakeModel({"medium_ai": [down("rate_limit", 10), fail_soon], "thinking_ai": "backup"})
+    # The rate limit is the first failure, the other call's the second: the breaker opens during the wait.
+    engine = Engine(EngineConfig(breaker=BreakerConfig(failures=2, reset_timeout=60)), models=model)
+    document = chain_flow()
+    document["stages"][0]["tasks"].append({"id": "b", "prompt": "go", "model": ["medium_ai", "thinking_ai"]})
+    started = time.monotonic()
+    result = await engine.run(document)
+    assert time.monotonic() - started < 2  # not the 10 s Retry-After
+    assert {task.output for task in result.tasks.values()} == {"backup"}
+    assert len(model.calls_to("medium_ai")) == 2  # the woken retry never reached it

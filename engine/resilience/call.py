@@ -40,6 +40,7 @@ class RunContext:
     deadlines: Deadlines | None = None  # None: each call keeps its own timer
     stream_tokens: bool = True
     model_slots: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
+    breaker_opened: dict[str, anyio.Event] = field(default_factory=dict)  # alias -> set when its breaker opens
 
 
 class Tally(Protocol):

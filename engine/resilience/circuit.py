@@ -70,3 +70,7 @@ def _announce(breaker: EndpointBreaker, call: Call) -> None:
         return
     for old, new in breaker.drain_transitions():
         call.run.emit(BreakerStateChanged, task_id=call.task_id, model=breaker.name, old_state=old, new_state=new)
+        if new == "open":  # wake the calls of this run waiting to retry this model: they fall over now
+            opened = call.run.breaker_opened.pop(breaker.name, None)
+            if opened is not None:
+                opened.set()

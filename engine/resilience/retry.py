@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
@@ -56,6 +57,21 @@ class Retrier:
                 return await attempt()
         raise AssertionError("tenacity returns or re-raises")
 
+    async def _pause(self, seconds: float, model: str, call: Call) -> None:
+        """Wait before the next attempt, or less: until the model's breaker opens (the attempt that
+        follows is then refused at once, and the call falls over)."""
+        if self.is_open is None:
+            await self.sleep(seconds)
+            return
+        opened = call.run.breaker_opened.setdefault(model, anyio.Event())
+        async with anyio.create_task_group() as group:
+            async def wait(done: Callable[[], Awaitable[object]]) -> None:
+                await done()
+                group.cancel_scope.cancel()
+
+            group.start_soon(wait, lambda: self.sleep(seconds))
+            group.start_soon(wait, opened.wait)
+
     def _retrying(self, spec: RetrySpec, model: str, call: Call) -> AsyncRetrying:
         def announce(retry_state: RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
@@ -65,8 +81,11 @@ class Retrier:
 
         is_open = self.is_open
         blocked = (lambda: is_open(model)) if is_open is not None else None
+        async def pause(seconds: float) -> None:
+            await self._pause(seconds, model, call)
+
         return AsyncRetrying(
-            stop=ModelStop(spec, self.attempts_per_kind, blocked), sleep=self.sleep, reraise=True,
+            stop=ModelStop(spec, self.attempts_per_kind, blocked), sleep=pause, reraise=True,
             wait=ModelWait(spec, self.retry_after_max), before_sleep=announce,
             retry=retry_if_exception(lambda error: isinstance(error, ModelError) and error.transient),
         )

@@ -24,8 +24,9 @@ lets ten thousand of them run at once for little more than the calls cost.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from engine.resilience.budget import SpendStage
 from engine.resilience.call import Call, Handler, Sleep, Stage, for_model
 from engine.resilience.circuit import BreakerStage
 from engine.resilience.gates import Gatekeeper, GateStage
+from engine.resilience.hedge import HedgeFailed, race
 from engine.resilience.provider import Clients, ProviderStage
 from engine.resilience.ratelimit import RateLimiter, RateLimitStage
 from engine.resilience.repair import answer_with_repairs
@@ -91,13 +93,14 @@ class ModelPipeline:
             step = 1
             try:
                 if call.hedge_after is None or index == last:
-                    return await self._value(routed, call, raw)
+                    return await self._value(routed, call, raw=raw)
                 hedge = for_model(request, chain[index + 1])
+                ask = functools.partial(self._value, raw=raw)
                 try:
-                    value, step = await self._hedged(routed, hedge, call, raw, index + 1 < last)
-                except _Hedged as hedged:
-                    step = hedged.asked
-                    raise hedged.error from None
+                    value, step = await race(ask, routed, hedge, call, more_after=index + 1 < last)
+                except HedgeFailed as failed:
+                    step = failed.asked
+                    raise failed.error from None
                 return value
             except ModelError as error:
                 if index + step > last or error.kind == "denied" or _stays(error, call):
@@ -107,47 +110,10 @@ class ModelPipeline:
                               to_model=chain[index + step], error_kind=error.kind, error=error.message)
             index += step
 
-    async def _value(self, request: ModelRequest, call: Call, raw: bool) -> Any:
+    async def _value(self, request: ModelRequest, call: Call, *, raw: bool) -> Any:
         if raw or request.output_schema is None:
             return await self.respond(request, call)
         return await answer_with_repairs(self.respond, request, call)
-
-    async def _hedged(self, request: ModelRequest, hedge: ModelRequest, call: Call, raw: bool,
-                      beyond: bool) -> tuple[Any, int]:
-        """Ask ``request``'s model; if it has not settled after ``hedge_after`` seconds, ask ``hedge``'s too.
-        The first answer wins and the other call is cancelled. Returns the value and how many models of the
-        chain were used; raises the last error, marked with that count, if every one asked failed."""
-        settled, receive = anyio.create_memory_object_stream[tuple[Any, ModelError | None, Call]](2)
-        asked = 1
-        outcome: tuple[Any, ModelError | None, Call] | None = None
-        first = replace(call, fallback=True)  # each asks with its own scratch, into the same tally
-        async with anyio.create_task_group() as group:
-            async def ask(routed: ModelRequest, own: Call) -> None:
-                try:
-                    settled.send_nowait((await self._value(routed, own, raw), None, own))
-                except ModelError as error:
-                    settled.send_nowait((None, error, own))
-
-            group.start_soon(ask, request, first)
-            with anyio.move_on_after(call.hedge_after or 0):
-                outcome = await receive.receive()
-            if outcome is None:  # no answer yet: the next model is asked as well
-                call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.tally.attempts, from_model=request.model,
-                              to_model=hedge.model, error_kind="hedge", error=f"no answer within {call.hedge_after} s")
-                group.start_soon(ask, hedge, replace(call, fallback=beyond))
-                asked = 2
-                outcome = await receive.receive()
-                if outcome[1] is not None:  # the first to settle failed: the other may still answer
-                    outcome = await receive.receive()
-                first.hedged_away = outcome[2] is not first and outcome[1] is None  # its breaker learns it was slow
-            group.cancel_scope.cancel()  # the first answer wins
-        settled.close()
-        receive.close()
-        assert outcome is not None
-        value, error, _ = outcome
-        if error is not None:
-            raise _Hedged(error, asked)
-        return value, asked
 
     async def respond(self, request: ModelRequest, call: Call, *, first: bool = True) -> str:
         """One model's answer. The first attempt is gated, and retried if it fails; each attempt runs
@@ -188,15 +154,6 @@ class ModelPipeline:
             pending = stage.exit(request, call, response, error)
             if pending is not None:
                 await pending
-
-
-class _Hedged(Exception):  # noqa: N818  (a signal inside the pipeline, never seen outside it)
-    """Every model a hedged call asked failed: the last error, and how many models that was."""
-
-    def __init__(self, error: ModelError, asked: int) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.asked = asked
 
 
 def _retries(error: ModelError, call: Call) -> bool:

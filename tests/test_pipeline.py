@@ -407,3 +407,10 @@ async def test_a_breaker_that_opens_during_a_retry_wait_ends_the_wait() -> None:
     assert time.monotonic() - started < 2  # not the 10 s Retry-After
     assert {task.output for task in result.tasks.values()} == {"backup"}
     assert len(model.calls_to("medium_ai")) == 2  # the woken retry never reached it
+
+
+async def test_a_later_attempt_that_cannot_connect_falls_over_as_the_first_would() -> None:
+    model, sleeps = FakeModel({"medium_ai": [down("rate_limit", 1), down("connection")], "thinking_ai": "backup"}), \
+        Sleeps()
+    result = await Engine(models=model, sleep=sleeps).run(chain_flow())
+    assert result.tasks["a"].output == "backup" and len(model.calls_to("medium_ai")) == 2 and sleeps == [1]

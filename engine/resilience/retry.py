@@ -87,8 +87,15 @@ class Retrier:
         return AsyncRetrying(
             stop=ModelStop(spec, self.attempts_per_kind, blocked), sleep=pause, reraise=True,
             wait=ModelWait(spec, self.retry_after_max), before_sleep=announce,
-            retry=retry_if_exception(lambda error: isinstance(error, ModelError) and error.transient),
+            retry=retry_if_exception(lambda error: _again(error, spec, call)),
         )
+
+
+def _again(error: BaseException, spec: RetrySpec, call: Call) -> bool:
+    """A later attempt's failure is retried like the first's: transient, and not sent on by the policy."""
+    if not isinstance(error, ModelError) or not error.transient:
+        return False
+    return not (call.fallback and spec.action(error.kind) == "fallback")
 
 
 class ModelWait(wait_base):

@@ -20,6 +20,7 @@ from engine.resilience.pipeline import ModelPipeline, PipelineParts, build_pipel
 from engine.resilience.provider import Clients
 from engine.resilience.ratelimit import RateLimiter
 from engine.resilience.slots import Slot
+from engine.secrets import Scrubber
 
 
 def clients_for(config: EngineConfig, models: ModelClient | Mapping[str, ModelClient] | None) -> Clients:
@@ -41,6 +42,17 @@ def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, 
         tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
         rate_limiters=rate_limiters(config), slots=slots(config, model_concurrency), retry=config.retry, sleep=sleep,
     ))
+
+
+def secrets(config: EngineConfig) -> Scrubber:
+    """Every configured secret, by value: the providers' keys and the values of their extra headers."""
+    found: list[str] = []
+    for provider in config.providers.values():
+        if isinstance(provider, HttpProviderConfig):
+            if provider.api_key is not None:
+                found.append(provider.api_key.get_secret_value())
+            found += provider.headers.values()
+    return Scrubber(found)
 
 
 def slots(config: EngineConfig, model_concurrency: Mapping[str, int]) -> dict[str, list[Slot]]:

@@ -67,7 +67,7 @@ class Engine:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
         With neither, every alias runs on the embedded local model (``orchestrion[local]``)."""
-        from engine.assembly import clients_for, pipeline_for, prices as configured_prices
+        from engine.assembly import clients_for, pipeline_for, prices as configured_prices, secrets
         from engine.config import EngineConfig
         from engine.planner import PlannerLimits
         from engine.providers.settings import LlamaCppProviderConfig
@@ -96,6 +96,7 @@ class Engine:
             pipeline=self._pipeline, functions=self.functions,
             renderer=TemplateRenderer(render_limits or RenderLimits()), catalog=self.catalog,
             compile=self.compile, plan_workflow=self._plan_workflow, stream_tokens=stream_tokens,
+            scrub=secrets(config),
         )
 
     @classmethod
@@ -124,7 +125,8 @@ class Engine:
         retries, timeouts and events (``task_id`` "plan")."""
         alias = model or self._services.planner_model
         bus = EventBus(self._listeners)
-        call = Call("plan", RunContext(Emitter(f"plan-{uuid.uuid4().hex}", bus.emit if bus.active else None)),
+        emit = Emitter(f"plan-{uuid.uuid4().hex}", bus.emit if bus.active else None, self._services.scrub)
+        call = Call("plan", RunContext(emit),
                     TaskResult("plan"), timeout=ENGINE_TIMEOUT, retry=ENGINE_RETRY)
 
         async def ask(message: ModelRequest) -> Any:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar, Concatenate, ParamSpec
 
+from engine.secrets import NO_SECRETS, Scrubber
+
 P = ParamSpec("P")
 
 
@@ -159,13 +161,14 @@ Sink = Callable[[Event], None]
 
 
 class Emitter:
-    """Sends one run's events to a sink, stamped with the run id and the time."""
+    """Sends one run's events to a sink, stamped with the run id and the time, secrets scrubbed."""
 
-    __slots__ = ("run_id", "sink")
+    __slots__ = ("run_id", "scrub", "sink")
 
-    def __init__(self, run_id: str, sink: Sink | None) -> None:
+    def __init__(self, run_id: str, sink: Sink | None, scrub: Scrubber = NO_SECRETS) -> None:
         self.run_id = run_id
         self.sink = sink  # None: nobody listens, and no event is built
+        self.scrub = scrub
 
     @property
     def active(self) -> bool:
@@ -173,6 +176,8 @@ class Emitter:
 
     def __call__(self, factory: Callable[Concatenate[str, float, P], Event], *args: P.args, **kwargs: P.kwargs) -> None:
         if self.sink is not None:
+            if self.scrub:
+                kwargs = self.scrub.value(kwargs)
             self.sink(factory(self.run_id, clock.time(), *args, **kwargs))
 
 

@@ -235,3 +235,29 @@ async def test_calls_queued_behind_a_dead_endpoint_are_refused_once_its_breaker_
     result = await engine.run(flow(12, chain=["medium_ai", "fast_ai"]))
     assert result.status == "succeeded" and {task.output for task in result.tasks.values()} == {"backup"}
     assert len(server.requests) == 2 and anyio.current_time() - started < 1.5  # one 0.3 s timeout, not six
+
+
+async def test_a_key_echoed_by_the_provider_is_scrubbed_from_everything(server: FaultServer, engines: Any) -> None:
+    """The provider repeats the Authorization header in its error; an answer and a function repeat the key too.
+    None of it reaches an error, an event or a result."""
+    secret = "sk-fault-suite-secret"
+
+    def leaky(text: str) -> str:
+        raise RuntimeError(f"could not use {secret}")
+
+    server.default = "401echo"
+    engine = engines(config(server), models={"fast_ai": FakeModel({"fast_ai": f"the key is {secret}"})},
+                     functions={"leaky": leaky})
+    document = {"dsl": "orchestrion/v1", "name": "leaks", "defaults": {"retry": None, "critical": False},
+                "stages": [{"type": "linear", "tasks": [
+                    {"id": "echoed", "model": "medium_ai", "prompt": "hi"},
+                    {"id": "answer", "model": "fast_ai", "prompt": "hi"},
+                    {"id": "raised", "call": "leaky", "with": {"text": "x"}}]}]}
+    with capture_events(engine) as events:
+        result = await engine.run(document)
+    assert secret in server.request_headers[0]["Authorization"]  # the server did see the key...
+    text = repr(result.to_dict()) + repr([event.to_dict() for event in events])
+    assert secret not in text  # ...and nothing let it out
+    assert "invalid credentials: Bearer [redacted]" in (result.tasks["echoed"].error or "")
+    assert result.tasks["answer"].output == "the key is [redacted]"
+    assert "[redacted]" in (result.tasks["raised"].error or "")

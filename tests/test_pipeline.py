@@ -414,3 +414,15 @@ async def test_a_later_attempt_that_cannot_connect_falls_over_as_the_first_would
         Sleeps()
     result = await Engine(models=model, sleep=sleeps).run(chain_flow())
     assert result.tasks["a"].output == "backup" and len(model.calls_to("medium_ai")) == 2 and sleeps == [1]
+
+
+async def test_a_refused_reservation_fails_only_its_task_when_it_is_not_critical() -> None:
+    from engine import Price
+
+    engine = Engine(models=FakeModel(), prices={"medium_ai": Price(input=1_000.0, output=1_000.0)})
+    document = {"dsl": "orchestrion/v1", "name": "capped", "limits": {"max_cost_usd": 0.01}, "stages": [
+        {"type": "linear", "tasks": [{"id": "free", "model": "fast_ai", "prompt": "go"},
+                                     {"id": "pricey", "model": "medium_ai", "prompt": "go", "critical": False}]}]}
+    result = await engine.run(document)
+    assert result.status == "succeeded" and result.tasks["free"].status == "succeeded"
+    assert result.tasks["pricey"].status == "failed" and result.tasks["pricey"].error_kind == "budget"

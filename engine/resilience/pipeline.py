@@ -136,6 +136,7 @@ class ModelPipeline:
         except BaseException as error:
             await self._exit(stages[:entered], request, call, None, error)
             if isinstance(error, ModelError):
+                call.run.emit.scrub.error(error)  # a provider may echo the key in its error body
                 error.task_id, error.attempt = call.task_id, call.tally.attempts
                 if first and _retries(error, call):
                     return await self._retry(error, request, call)

@@ -19,6 +19,7 @@ from engine.events import Emitter
 from engine.resilience.call import RunContext
 from engine.resilience.pipeline import ModelPipeline
 from engine.runtime.results import TaskResult
+from engine.secrets import NO_SECRETS, Scrubber
 from engine.templating import TemplateRenderer
 
 Ask = Callable[[Any], Awaitable[Any]]  # a model call for the planner: a ModelRequest in, its answer out
@@ -47,6 +48,7 @@ class Services:
     compile: Callable[[Workflow], Plan]
     plan_workflow: PlanWorkflow
     stream_tokens: bool = True
+    scrub: Scrubber = NO_SECRETS  # the configured secrets, removed by value from what leaves a run
     max_depth: int = 8
     planner_model: str = "thinking_ai"
 

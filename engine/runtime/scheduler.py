@@ -23,7 +23,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from engine.compiler.plan import Node, NodeId, Plan
-from engine.errors import BudgetExceededError, OrchestrionError, TaskError
+from engine.errors import OrchestrionError, TaskError
 from engine.events import Emitter, RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.resilience.budget import Budget
 from engine.resilience.call import RunContext
@@ -41,7 +41,8 @@ async def run_plan(
 ) -> RunResult:
     """Run a compiled plan with validated inputs; never raises for a task's failure."""
     run_id = run_id or uuid.uuid4().hex
-    calls = RunContext(Emitter(run_id, bus.emit if bus.active else None), budget or Budget(plan.limits.max_cost_usd),
+    emit = Emitter(run_id, bus.emit if bus.active else None, services.scrub)
+    calls = RunContext(emit, budget or Budget(plan.limits.max_cost_usd),
                        Deadlines() if plan.has_timeouts else None, services.stream_tokens)
     return await _Scheduler(services, RunState(run_id, plan, inputs, calls, depth), bus).run()
 
@@ -181,6 +182,8 @@ class _Scheduler:
             self.state.emit(TaskStarted, task_id=node.id, attempt=1, model=model)
 
     def _succeeded(self, node: Node, result: TaskResult, output: Any) -> None:
+        if self.services.scrub:  # a secret in an answer goes no further: not to later prompts, not to results
+            output = self.services.scrub.value(output)
         ended = time.time()
         result.status, result.output, result.ended_at = "succeeded", output, ended
         self.state.values[node.id] = output
@@ -194,10 +197,10 @@ class _Scheduler:
                               depth=self.state.depth + 1)
 
     def _fail(self, node: Node, result: TaskResult, error: BaseException) -> None:
-        critical = node.policies.critical if node.policies is not None else True
-        fatal = critical or isinstance(error, BudgetExceededError)
+        # A refused reservation fails its task like any error: a `critical: false` task gives null.
+        fatal = node.policies.critical if node.policies is not None else True
         result.status, result.ended_at = "failed", time.time()
-        result.error, result.error_kind = _describe(error), getattr(error, "kind", "unknown")
+        result.error, result.error_kind = self.services.scrub.text(_describe(error)), getattr(error, "kind", "unknown")
         self.state.values[node.id] = None
         self.state.emit(TaskFailed, task_id=node.id, attempt=result.attempts or None,
                         error_kind=result.error_kind, error=result.error, critical=fatal)
@@ -229,13 +232,13 @@ class _Scheduler:
             if result.status == "pending" and status != "succeeded":
                 result.status = "cancelled"
         totals = _totals(state.results, ended - started)
-        error = _describe(self.failure) if self.failure is not None else None
+        error = self.services.scrub.text(_describe(self.failure)) if self.failure is not None else None
         if status == "cancelled":
             error = "the run was cancelled"
         state.emit(RunFinished, status=status, error=error, wall_time_s=totals.wall_time_s, cost_usd=totals.cost_usd,
                    input_tokens=totals.input_tokens, output_tokens=totals.output_tokens)
         tasks: dict[str, TaskResult] = {str(key): value for key, value in state.results.items()}
-        return RunResult(state.run_id, self.plan.name, status, outputs or {}, tasks, totals,
+        return RunResult(state.run_id, self.plan.name, status, self.services.scrub.value(outputs or {}), tasks, totals,
                          started, ended, error, self.failed_node)
 
 

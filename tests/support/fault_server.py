@@ -13,6 +13,7 @@ Each request takes the next fault from ``faults`` (a list consumed in order, the
     malformed  200 with a body that is not JSON
     cut        a stream that stops mid-way, without its end marker
     nostream   the answer as plain JSON even when a stream was asked for (a server that ignores it)
+    401echo    bad key, and the error repeats the request's Authorization header (some proxies do)
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _401(self, body: dict[str, Any]) -> None:
             self._error(401, "invalid api key")
+
+        def _401echo(self, body: dict[str, Any]) -> None:
+            self._error(401, f"invalid credentials: {self.headers.get('Authorization')}")
 
     return Handler
 

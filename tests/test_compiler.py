@@ -335,3 +335,27 @@ def test_cache_is_refused_until_the_response_cache_exists() -> None:
     assert problems == {("unsupported", ("defaults", "cache")), ("unsupported", ("stages", 0, "tasks", 0, "cache"))}
     assert "not supported yet" in str(caught.value)
     compile_workflow(workflow(linear(task("a", cache=False))), CATALOG)  # off is fine
+
+
+@pytest.mark.anyio
+async def test_a_system_prompt_inherited_from_defaults_reads_names_like_the_tasks_own() -> None:
+    """What validates runs: `defaults.system` reading an input binds it in every prompt task that inherits it."""
+    from engine import Engine
+    from engine.testing import FakeModel
+
+    document = {"dsl": "orchestrion/v1", "name": "expert", "inputs": {"topic": {"type": "string"}},
+                "defaults": {"model": "fast_ai", "system": "Expert in {{ topic }}"},
+                "stages": [{"type": "linear", "tasks": [{"id": "a", "prompt": "Say hello"},
+                                                         {"id": "b", "prompt": "Say bye", "system": None}]}]}
+    model = FakeModel()
+    result = await Engine(models=model).run(document, {"topic": "tides"})
+    assert result.status == "succeeded", result.error
+    systems = {call.prompt: call.messages[0].content for call in model.calls if call.messages[0].role == "system"}
+    assert systems == {"Say hello": "Expert in tides"}  # b switched the system prompt off
+
+
+def test_an_unknown_name_in_an_inherited_system_prompt_is_reported_once_where_it_is_written() -> None:
+    document = workflow(linear(task("a"), task("b")), defaults={"model": "fast_ai", "system": "Expert in {{ topc }}"})
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(document, CATALOG)
+    assert [(p.code, p.path) for p in caught.value.problems] == [("unknown-name", ("defaults", "system"))]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.compiler.sites import RepeatGroup, Site, Sites, precedes
-from engine.dsl.models import Workflow
+from engine.dsl.models import Policies, Workflow
 from engine.errors import Path, Problem, TemplateError, format_path
 from engine.suggest import did_you_mean
 from engine.templating.references import expression_references, template_references
@@ -42,16 +42,22 @@ def resolve_scopes(workflow: Workflow, sites: Sites) -> tuple[Scopes, list[Probl
     tasks = {site.order: resolver.task_bindings(site) for site in sites.sites}
     untils = {group.label: resolver.until_bindings(group) for group in sites.groups}
     outputs = {name: resolver.output_bindings(name, text) for name, text in workflow.outputs.items()}
-    return Scopes(tasks, untils, outputs), resolver.problems
+    # Inherited templates are checked once per task that inherits them: report each problem once.
+    return Scopes(tasks, untils, outputs), list(dict.fromkeys(resolver.problems))
 
 
-def task_sources(site: Site) -> Iterator[tuple[Path, str, Literal["template", "expression"]]]:
-    """Every template and expression of a task: (field path, source, kind)."""
+def task_sources(site: Site, defaults: Policies | None = None
+                 ) -> Iterator[tuple[Path, str, Literal["template", "expression"]]]:
+    """Every template and expression of a task: (field path, source, kind), the system prompt it
+    inherits from ``defaults`` included (rendered with the task's own names, so it reads them too)."""
     task = site.task
     for name in ("prompt", "system", "plan"):
         value = getattr(task, name)
         if isinstance(value, str):
             yield (*site.path, name), value, "template"
+    inherited = defaults.system if defaults is not None else None
+    if task.kind == "prompt" and "system" not in task.model_fields_set and isinstance(inherited, str):
+        yield ("defaults", "system"), inherited, "template"
     for key_path, value in _strings(task.with_ or {}, ()):
         yield (*site.path, "with", *key_path), value, "template"
     for name in ("when", "for_each"):
@@ -76,15 +82,17 @@ class _Resolver:
         self.inputs = frozenset(workflow.inputs)
         self.sites = sites
         self.all_names = sorted(self.inputs | set(sites.by_id))
+        self.defaults = workflow.defaults
         self.problems: list[Problem] = []
 
     def task_bindings(self, site: Site) -> Bindings:
         bindings: Bindings = {}
         item_name = site.task.as_ or "item"
-        for path, source, kind in task_sources(site):
+        for path, source, kind in task_sources(site, self.defaults):
             names = self._names(path, source, kind)
+            own = path[:len(site.path)] == site.path
             for name in names:
-                per_item = path[len(site.path)] not in ("for_each", "when")  # those run once, before the fan-out
+                per_item = not own or path[len(site.path)] not in ("for_each", "when")  # those run once, first
                 if site.task.for_each is not None and name == item_name and per_item:
                     bindings[name] = NameSource("item")
                     continue

@@ -68,9 +68,11 @@ def test_duplicate_keys_are_errors_with_position() -> None:
     assert found[0].startswith('flow.yaml:9:9: found duplicate key "prompt"')
 
 
-def test_duplicate_keys_in_json_are_errors() -> None:
+def test_duplicate_keys_in_json_are_errors_with_position() -> None:
     found = problems('{"dsl": "orchestrion/v1", "dsl": "orchestrion/v1"}', name="flow.json")
-    assert "duplicate key" in found[0]
+    assert found[0].startswith('flow.json:1:27: found duplicate key "dsl"')
+    nested = '{"dsl": "orchestrion/v1", "stages": [\n  {"type": "linear",\n   "type": "inline"}]}'
+    assert problems(nested, name="flow.json")[0].startswith('flow.json:3:4: found duplicate key "type"')
 
 
 def test_yaml_syntax_error_has_line_and_column() -> None:

@@ -177,6 +177,10 @@ def _parse_json(text: str, name: str) -> ParsedDocument:
 
     try:
         data = json.loads(text, object_pairs_hook=no_duplicates)
+    except WorkflowError as exc:
+        if exc.problems[0].code == "duplicate-key":
+            _parse_yaml(text, name)  # JSON is YAML 1.2: ruamel finds the same key again, with its line and column
+        raise
     except json.JSONDecodeError as exc:
         problem = Problem("syntax", exc.msg, location=Location(name, exc.lineno, exc.colno),
                           hint="fix the JSON syntax at that position")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,20 @@ def test_plan_honours_the_addons_folders(tmp_path, capsys) -> None:
     assert main(["plan", "Write a poem", "-o", str(flow), "--config", str(config)]) == 1
     assert main(["plan", "Write a poem", "-o", str(flow), "--config", str(config), "--addons", str(addons)]) == 0
     assert "attempt 1: valid" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_run_stopped_by_a_signal_says_what_it_did_and_exits_130(tmp_path: Path, stop: signal.Signals) -> None:
+    (tmp_path / "orchestrion.yaml").write_text("providers: {slow: {kind: fake, latency: 30}}\ndefault_provider: slow\n")
+    (tmp_path / "flow.yaml").write_text("dsl: orchestrion/v1\nname: slow\ndefaults: {model: fast_ai}\nstages:\n"
+                                        "  - type: inline\n    tasks:\n      - {id: a, prompt: one}\n")
+    process = subprocess.Popen([sys.executable, "-m", "engine", "run", "flow.yaml"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    assert "started  a" in process.stderr.readline()  # the run is under way, and listening
+    process.send_signal(stop)
+    _, errors = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert f"run cancelled by {stop.name}: 0 task(s) done, 1 stopped while running" in errors
+    assert "Traceback" not in errors

@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"orchestrion: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except KeyboardInterrupt:  # Ctrl-C before a run listens for it (a run stops itself and says what it did)
+        print("orchestrion: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `orchestrion schema | head`
         return EXIT_OK
     return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,10 +13,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 from engine.cli.options import add_options, build_engine
 from engine.errors import ConfigError, InputError
 
-if TYPE_CHECKING:  # the runtime is imported when a run starts, not for `orchestrion --help`
+if TYPE_CHECKING:
+    from anyio import CancelScope
+
+    # the runtime is imported when a run starts, not for `orchestrion --help`
     from engine.core import Engine
     from engine.events import Event
     from engine.runtime.results import RunResult
+
+EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
 
 
 def add_parser(commands: Any) -> None:
@@ -38,8 +44,11 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     engine = build_engine(args)
     workflow = engine.load(args.file)
     inputs = parse_inputs(args.input, args.inputs_file, workflow.inputs)
-    progress = None if args.quiet else Progress(sys.stderr)
+    progress = Progress(None if args.quiet else sys.stderr)
     result = anyio.run(_run, engine, workflow, inputs, progress)
+    if result is None:  # stopped by a signal: say what got done, no traceback
+        print(f"orchestrion: run cancelled by {progress.stopped_by}: {progress.summary()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         out.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     else:
@@ -47,16 +56,37 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.status == "succeeded" else 1
 
 
-async def _run(engine: Engine, workflow: Any, inputs: dict[str, Any], progress: Progress | None) -> RunResult:
+async def _run(engine: Engine, workflow: Any, inputs: dict[str, Any], progress: Progress) -> RunResult | None:
+    """The run's result; None if SIGINT or SIGTERM stopped it (the run is cancelled, every branch)."""
+    import anyio
+
+    result: RunResult | None = None
     try:
-        async with engine.stream(workflow, inputs) as events:
-            async for event in events:
-                if progress is not None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_on_signal, group.cancel_scope, progress)
+            async with engine.stream(workflow, inputs) as events:
+                async for event in events:
                     progress.show(event)
+            result = events.result
+            group.cancel_scope.cancel()  # the run is over: stop listening for signals
+    except BaseExceptionGroup as errors:  # an invalid workflow or input, raised inside the group: say it plainly
+        if len(errors.exceptions) == 1:
+            raise errors.exceptions[0] from None
+        raise
     finally:
-        await engine.aclose()  # the providers' connections belong to this event loop, which ends here
-    assert events.result is not None
-    return events.result
+        with anyio.CancelScope(shield=True):
+            await engine.aclose()  # the providers' connections belong to this event loop, which ends here
+    return result
+
+
+async def _stop_on_signal(scope: CancelScope, progress: Progress) -> None:
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for number in signals:
+            progress.stopped_by = signal.Signals(number).name
+            scope.cancel()
+            return
 
 
 def parse_inputs(pairs: list[str], inputs_file: Path | None, declared: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +129,10 @@ def _print_outputs(result: RunResult, out: TextIO) -> None:
 class Progress:
     """A live view of the run on a terminal; one plain line per task event elsewhere."""
 
-    def __init__(self, stream: TextIO, interval: float = 0.1) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
+    def __init__(self, stream: TextIO | None, interval: float = 0.1) -> None:
+        self.stream = stream  # None: record what happens, show nothing (--quiet)
+        self.live = stream is not None and stream.isatty()
+        self.stopped_by: str | None = None
         self.interval = interval
         self.started = time.monotonic()
         self.states: dict[str, str] = {}
@@ -112,6 +143,8 @@ class Progress:
 
     def show(self, event: Event) -> None:
         line = self._record(event)
+        if self.stream is None:
+            return
         if not self.live:
             if line:
                 print(f"{time.monotonic() - self.started:7.2f}s {line}", file=self.stream, flush=True)
@@ -131,7 +164,15 @@ class Progress:
         describe = _LINES.get(event.type)
         return describe(event) if describe is not None else None
 
+    def summary(self) -> str:
+        """What the run got done, in one line."""
+        states = list(self.states.values())
+        return (f"{states.count('done')} task(s) done, {states.count('running')} stopped while running, "
+                f"{states.count('failed')} failed, {states.count('skipped')} skipped; {self.tokens} tokens, "
+                f"${self.cost:.4f}")
+
     def _draw(self) -> None:
+        assert self.stream is not None
         counts = {state: list(self.states.values()).count(state) for state in ("running", "done", "failed", "skipped")}
         lines = [f"{symbol} {task}" for task, state in self.states.items()
                  if (symbol := _SYMBOLS[state])] if len(self.states) <= 20 else []

@@ -126,6 +126,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> E
     """Read and validate an engine configuration file; ConfigError says what and where."""
     path = Path(path)
     document = read_document(path, ConfigError, "configuration")
+    if isinstance(document.data, dict) and {"dsl", "stages", "workflow"} & document.data.keys():
+        raise ConfigError(f"{path} looks like a workflow, not an engine configuration (providers, models, gates...): "
+                          "give a workflow as the FILE to run, and a configuration to --config")
     environ = os.environ if environ is None else environ
     data = _substitute(document.data, (), environ, lambda where: str(document.source.locate(where)))
     try:

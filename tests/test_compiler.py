@@ -359,3 +359,12 @@ def test_an_unknown_name_in_an_inherited_system_prompt_is_reported_once_where_it
     with pytest.raises(WorkflowError) as caught:
         compile_workflow(document, CATALOG)
     assert [(p.code, p.path) for p in caught.value.problems] == [("unknown-name", ("defaults", "system"))]
+
+
+def test_a_long_cycle_is_reported_in_a_line_of_reasonable_length() -> None:
+    count = 2_000
+    tasks = [task(f"t{index}", after=[f"t{(index + 1) % count}"]) for index in range(count)]
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(workflow(linear(*tasks)), CATALOG)
+    (problem,) = [problem for problem in caught.value.problems if problem.code == "cycle"]
+    assert len(problem.message) < 400 and "more) ->" in problem.message

@@ -190,3 +190,15 @@ def test_a_run_stopped_by_a_signal_says_what_it_did_and_exits_130(tmp_path: Path
     assert process.returncode == 130
     assert f"run cancelled by {stop.name}: 0 task(s) done, 1 stopped while running" in errors
     assert "Traceback" not in errors
+
+
+def test_a_workflow_given_as_configuration_is_named_as_such(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("dsl: orchestrion/v1\nname: x\nstages: []\n")
+    with pytest.raises(ConfigError, match="looks like a workflow, not an engine configuration"):
+        load_config(flow)
+
+
+def test_an_input_without_a_name_is_refused_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(ROOT / "examples" / "hello_local.yaml"), "--dry-run", "-q", "-i", "=x"]) == 1
+    assert "write NAME=VALUE" in capsys.readouterr().err

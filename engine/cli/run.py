@@ -101,8 +101,8 @@ def parse_inputs(pairs: list[str], inputs_file: Path | None, declared: dict[str,
             raise ConfigError(f"{inputs_file}: cannot read the inputs: {exc.strerror}") from None
     for pair in pairs:
         name, equals, raw = pair.partition("=")
-        if not equals:
-            raise InputError([f"--input {pair!r}: write NAME=VALUE"])
+        if not equals or not name:
+            raise InputError([f"--input {pair!r}: write NAME=VALUE (the name of a declared input, then its value)"])
         values[name] = raw if declared.get(name, {}).get("type") == "string" else _json_or_text(raw)
     return values
 

@@ -36,8 +36,15 @@ def topological_order(nodes: Sequence[Node]) -> tuple[list[Node], list[Problem]]
 def _cycle_problem(by_id: dict[NodeId, Node], stuck: set[NodeId]) -> Problem:
     cycle = _find_cycle(by_id, stuck)
     first = by_id[cycle[0]]
-    return Problem("cycle", "tasks wait for each other in a cycle: " + " -> ".join([*cycle, cycle[0]]),
+    return Problem("cycle", "tasks wait for each other in a cycle: " + _shortened([*cycle, cycle[0]]),
                    first.path, "remove one of these dependencies (`after` lists or references)")
+
+
+def _shortened(cycle: list[NodeId], shown: int = 8) -> str:
+    """A long cycle as its first and last few steps: a 10,000-task cycle is not a 90 KB line."""
+    if len(cycle) <= 2 * shown:
+        return " -> ".join(cycle)
+    return " -> ".join(cycle[:shown]) + f" -> ... ({len(cycle) - 2 * shown} more) -> " + " -> ".join(cycle[-shown:])
 
 
 def _find_cycle(by_id: dict[NodeId, Node], stuck: set[NodeId]) -> list[NodeId]:

@@ -9,7 +9,7 @@ fix, an open breaker, or a context window too small moves to the next model
 any wait for a slot or a rate limit, so a call that waited behind a dead
 endpoint is refused as soon as its breaker has opened. Which transient errors are
 retried on the same model first, and which move on at once, is the task's
-``retry.on`` policy (``_retries``): by default an unreachable, hanging or
+``retry.on`` policy (``retry.worth_retrying``): by default an unreachable, hanging or
 failing provider is left at once for the next model, and retried with backoff
 only when there is none. Breaker, budget, rate limit,
 slots and the time limit act on every attempt, so they sit inside the retry.
@@ -45,7 +45,7 @@ from engine.resilience.hedge import HedgeFailed, race
 from engine.resilience.provider import Clients, ProviderStage
 from engine.resilience.ratelimit import RateLimiter, RateLimitStage
 from engine.resilience.repair import answer_with_repairs
-from engine.resilience.retry import Retrier
+from engine.resilience.retry import Retrier, stays_on_model, worth_retrying
 from engine.resilience.slots import Slot, SlotStage
 from engine.resilience.timeout import time_limit
 
@@ -103,7 +103,7 @@ class ModelPipeline:
                     raise failed.error from None
                 return value
             except ModelError as error:
-                if index + step > last or error.kind == "denied" or _stays(error, call):
+                if index + step > last or error.kind == "denied" or stays_on_model(error, call):
                     error.task_id, error.attempt = call.task_id, call.tally.attempts
                     raise
                 call.run.emit(TaskFellBack, task_id=call.task_id, attempt=call.tally.attempts, from_model=alias,
@@ -138,7 +138,7 @@ class ModelPipeline:
             if isinstance(error, ModelError):
                 call.run.emit.scrub.error(error)  # a provider may echo the key in its error body
                 error.task_id, error.attempt = call.task_id, call.tally.attempts
-                if first and _retries(error, call):
+                if first and worth_retrying(error, call):
                     return await self._retry(error, request, call)
             raise
         await self._exit(stages, request, call, response, None)
@@ -155,26 +155,6 @@ class ModelPipeline:
             pending = stage.exit(request, call, response, error)
             if pending is not None:
                 await pending
-
-
-def _retries(error: ModelError, call: Call) -> bool:
-    """Is a failed first attempt retried on the same model? Transient errors are, unless the task's
-    policy sends them to a next model that exists: at once (`fallback`), or when a rate limit's
-    Retry-After is longer than the policy would ever wait."""
-    spec = call.retry
-    if spec is None or not error.transient:
-        return False
-    if not call.fallback:
-        return True  # nowhere else to go
-    action = spec.action(error.kind)
-    if action == "fallback":
-        return False
-    return not (action == "retry_then_fallback" and (error.retry_after or 0) > spec.max_delay)
-
-
-def _stays(error: ModelError, call: Call) -> bool:
-    """A `retry` policy keeps its class of error on the model: it never moves to the next one."""
-    return error.transient and call.retry is not None and call.retry.action(error.kind) == "retry"
 
 
 def build_pipeline(parts: PipelineParts) -> ModelPipeline:

@@ -87,15 +87,28 @@ class Retrier:
         return AsyncRetrying(
             stop=ModelStop(spec, self.attempts_per_kind, blocked), sleep=pause, reraise=True,
             wait=ModelWait(spec, self.retry_after_max), before_sleep=announce,
-            retry=retry_if_exception(lambda error: _again(error, spec, call)),
+            retry=retry_if_exception(lambda error: isinstance(error, ModelError) and worth_retrying(error, call)),
         )
 
 
-def _again(error: BaseException, spec: RetrySpec, call: Call) -> bool:
-    """A later attempt's failure is retried like the first's: transient, and not sent on by the policy."""
-    if not isinstance(error, ModelError) or not error.transient:
+def worth_retrying(error: ModelError, call: Call) -> bool:
+    """Is a failed attempt retried on the same model? Transient errors are, unless the task's ``retry.on``
+    sends them to a next model that exists: at once (``fallback``), or when a rate limit's Retry-After is
+    longer than the policy would ever wait. The same rule for the first attempt and every later one."""
+    spec = call.retry
+    if spec is None or not error.transient:
         return False
-    return not (call.fallback and spec.action(error.kind) == "fallback")
+    if not call.fallback:
+        return True  # nowhere else to go
+    action = spec.action(error.kind)
+    if action == "fallback":
+        return False
+    return not (action == "retry_then_fallback" and (error.retry_after or 0) > spec.max_delay)
+
+
+def stays_on_model(error: ModelError, call: Call) -> bool:
+    """A ``retry`` policy keeps its class of error on the model: it never moves to the next one."""
+    return error.transient and call.retry is not None and call.retry.action(error.kind) == "retry"
 
 
 class ModelWait(wait_base):

@@ -62,17 +62,14 @@ async def _run(engine: Engine, workflow: Any, inputs: dict[str, Any], progress: 
 
     result: RunResult | None = None
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(_stop_on_signal, group.cancel_scope, progress)
-            async with engine.stream(workflow, inputs) as events:
+        # An invalid workflow or input raises here, before any task group: the CLI reports it as it is.
+        async with engine.stream(workflow, inputs) as events:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stop_on_signal, group.cancel_scope, progress)
                 async for event in events:
                     progress.show(event)
-            result = events.result
-            group.cancel_scope.cancel()  # the run is over: stop listening for signals
-    except BaseExceptionGroup as errors:  # an invalid workflow or input, raised inside the group: say it plainly
-        if len(errors.exceptions) == 1:
-            raise errors.exceptions[0] from None
-        raise
+                group.cancel_scope.cancel()  # the run is over: stop listening for signals
+            result = events.result  # None if a signal stopped it: leaving the block cancels the run
     finally:
         with anyio.CancelScope(shield=True):
             await engine.aclose()  # the providers' connections belong to this event loop, which ends here

@@ -22,6 +22,8 @@ from engine.resilience.ratelimit import RateLimiter
 from engine.resilience.slots import Slot
 from engine.secrets import Scrubber
 
+Routes = dict[str, tuple[str, str]]  # alias -> (provider name, the provider's model name)
+
 
 def clients_for(config: EngineConfig, models: ModelClient | Mapping[str, ModelClient] | None) -> Clients:
     """The configured providers' clients, with ``models`` given directly over them (one client for
@@ -37,10 +39,12 @@ def clients_for(config: EngineConfig, models: ModelClient | Mapping[str, ModelCl
 def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, prices: Mapping[str, Price],
                  model_concurrency: Mapping[str, int], sleep: Sleep) -> ModelPipeline:
     windows = {alias: model.context_window for alias, model in config.models.items()}
+    routes = provider_routes(config, set(DEFAULT_MODEL_ALIASES))
     return build_pipeline(PipelineParts(
         clients=clients, prices=prices, breakers=breakers, gatekeeper=Gatekeeper(config.gates, windows),
         tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
-        rate_limiters=rate_limiters(config), slots=slots(config, model_concurrency), retry=config.retry, sleep=sleep,
+        rate_limiters=rate_limiters(config, routes), slots=slots(config, routes, model_concurrency),
+        retry=config.retry, sleep=sleep,
     ))
 
 
@@ -55,17 +59,17 @@ def secrets(config: EngineConfig) -> Scrubber:
     return Scrubber(found)
 
 
-def slots(config: EngineConfig, model_concurrency: Mapping[str, int]) -> dict[str, list[Slot]]:
+def slots(config: EngineConfig, routes: Routes, model_concurrency: Mapping[str, int]) -> dict[str, list[Slot]]:
     """alias -> its slots: its own ``model_concurrency``, then its HTTP provider's ``max_connections``."""
     found: dict[str, list[Slot]] = {alias: [(f"alias:{alias}", limit)] for alias, limit in model_concurrency.items()}
-    for alias, (name, _) in provider_routes(config, set(DEFAULT_MODEL_ALIASES)).items():
+    for alias, (name, _) in routes.items():
         provider = config.providers[name]
         if isinstance(provider, HttpProviderConfig):
             found.setdefault(alias, []).append((f"provider:{name}", provider.max_connections))
     return found
 
 
-def provider_routes(config: EngineConfig, aliases: set[str]) -> dict[str, tuple[str, str]]:
+def provider_routes(config: EngineConfig, aliases: set[str]) -> Routes:
     """alias -> (provider name, the provider's model name): the listed aliases, and ``aliases`` through
     the default provider."""
     routes = {alias: (model.provider, model.model or alias) for alias, model in config.models.items()}
@@ -90,8 +94,7 @@ def prices(config: EngineConfig) -> dict[str, Price]:
     return {alias: Price(m.input_price, m.output_price, m.cached_input_price) for alias, m in config.models.items()}
 
 
-def rate_limiters(config: EngineConfig) -> dict[str, RateLimiter]:
+def rate_limiters(config: EngineConfig, routes: Routes) -> dict[str, RateLimiter]:
     """One limiter per provider with limits, shared by every alias it serves."""
     limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
-    routes = provider_routes(config, set(DEFAULT_MODEL_ALIASES))
     return {alias: limiters[name] for alias, (name, _) in routes.items() if name in limiters}

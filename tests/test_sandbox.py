@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import engine
@@ -45,6 +47,74 @@ ESCAPES = [
     pytest.param("{{ 2 ** 10000000 }}", TemplateLimitError, id="huge-power"),
     pytest.param("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}", TemplateLimitError, id="recursive-macro"),
 ]
+
+BIG = "y" * 1_000_000
+_DOUBLINGS = "".join(f"{{% set s{n + 1} = s{n} ~ s{n} ~ s{n} ~ s{n} %}}" for n in range(16))
+
+# Each is refused before it allocates what it asks for: (template, error, what the message names).
+RESOURCE_ATTACKS = [
+    pytest.param("{{ (2**64**64**64**64**64**64) > 1 }}", TemplateLimitError, "integer of about", id="power-tower"),
+    pytest.param("{% set n = namespace(x=2) %}{% for i in range(6) %}{% set n.x = n.x ** 64 %}{% endfor %}{{ n.x }}",
+                 TemplateLimitError, "integer of about", id="power-in-a-loop"),
+    pytest.param("{% set n = namespace(x=3) %}{% for i in range(40) %}{% set n.x = n.x * n.x %}{% endfor %}",
+                 TemplateLimitError, "integer of about", id="squaring-in-a-loop"),
+    pytest.param("{% set s0 = 'xxxxxxxx' %}" + _DOUBLINGS + "{{ s16|length }}", TemplateLimitError, "joining with ~",
+                 id="tilde-growth"),
+    pytest.param("{% set ns = namespace(s='') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ big %}{% endfor %}",
+                 TemplateLimitError, "joining with ~", id="tilde-in-a-loop"),
+    pytest.param("{% set ns = namespace(s=[]) %}{% for i in range(100) %}{% set ns.s = ns.s + [big[i:]] %}"
+                 "{% endfor %}", TemplateLimitError, "in all", id="many-distinct-big-values"),
+    pytest.param("{{ '{0:{1}}'.format('x', 3*10**9) }}", TemplateLimitError, "3000000000", id="nested-format-width"),
+    pytest.param("{{ ('{0}' * 100000).format(big) }}", TemplateLimitError, "str.format", id="format-fields"),
+    pytest.param("{{ ('%s' * 100000) % ((big,) * 100000) }}", TemplateLimitError, "% formatting",
+                 id="percent-fields"),
+    pytest.param("{{ ('\t' * 10000).expandtabs(10000) }}", TemplateLimitError, "expandtabs", id="expandtabs"),
+    pytest.param("{{ ([big] * 1000000)|join }}", TemplateLimitError, "join", id="join-references"),
+    pytest.param("{{ ([big] * 100)|select|join }}", TemplateLimitError, "join", id="join-generator"),
+    pytest.param("{{ '-'.join([big] * 100) }}", TemplateLimitError, "join", id="join-method"),
+    pytest.param("{{ [big] * 1000000 }}", TemplateLimitError, "rendering", id="render-references"),
+    pytest.param("{{ ([big] * 1000000)|tojson }}", TemplateLimitError, "tojson", id="tojson-references"),
+    pytest.param("{{ ([big] * 1000000)|upper }}", TemplateLimitError, "upper", id="text-filter-on-a-list"),
+    pytest.param("{{ ([big] * 1000000)|map('upper')|join }}", TemplateLimitError, "in all", id="map-churn"),
+    pytest.param("{{ 'abc'.translate({97: big}) }}", TemplateSecurityError, "translate", id="translate"),
+    pytest.param("{{ 10**5000 }}", TemplateLimitError, "integer of about", id="huge-int"),
+]
+
+
+@pytest.mark.parametrize(("source", "expected", "named"), RESOURCE_ATTACKS)
+def test_resource_attacks_are_refused_with_the_construct_named(
+        renderer: TemplateRenderer, source: str, expected: type[TemplateError], named: str) -> None:
+    with pytest.raises(expected, match=re.escape(named)):
+        renderer.render(source, {"big": BIG})
+
+
+@pytest.mark.parametrize(("source", "named"), [
+    ("{% include 'x' %}", "{% include %} is not available"),
+    ("{% import 'x' as y %}", "{% import %} is not available"),
+    ("{% from 'x' import y %}", "{% from ... import %} is not available"),
+    ("{% extends 'x' %}", "{% extends %} is not available"),
+    ("{{ 2**64**64**64 }}", "integer of about 262145 bits"),
+    ("{{ x|uper }}", "no filter named 'uper'; did you mean 'upper'?"),
+    ("{{ x is odd_number }}", "no test named 'odd_number'"),
+])
+def test_what_cannot_run_is_refused_statically_as_well(renderer: TemplateRenderer, source: str, named: str) -> None:
+    with pytest.raises(TemplateError, match=re.escape(named)):
+        engine.template_references(source)  # what `validate` reads
+    with pytest.raises(TemplateError, match=re.escape(named)):
+        renderer.render(source, {"x": 1})
+
+
+@pytest.mark.parametrize(("source", "named"), [
+    ("{{ 'a'.upper }}", "without calling it"),
+    ("{{ ['a'.upper] }}", "memory address"),
+    ("{{ [1, 2]|map('string') }}", "add |list or |join"),
+    ("{{ '{0.real}'.format_map({}) }}", "no positional argument"),
+    ("{{ '{name}'.format() }}", "field {name} with no argument"),
+])
+def test_confusing_outputs_are_refused_with_a_reason(renderer: TemplateRenderer, source: str, named: str) -> None:
+    with pytest.raises(TemplateError, match=re.escape(named)) as caught:
+        renderer.render(source, {})
+    assert not re.search(r"0x[0-9a-f]{6,}", str(caught.value))
 
 
 @pytest.mark.parametrize(("source", "expected"), ESCAPES)
@@ -139,10 +209,19 @@ def test_syntax_errors_are_template_errors(renderer: TemplateRenderer) -> None:
     ("{{ summary.text }} / {{ a['b'][0] }}", {"summary": {"text": "S"}, "a": {"b": [7]}}, "S / 7"),
     ("{{ '%05d'|format(42) }} {{ '{:>4}'.format(7) }}", {}, "00042    7"),
     ("{{ 'ab' * 3 }} {{ 2 ** 10 }}", {}, "ababab 1024"),
+    ("{{ 2 ** 64 }} {{ 3 * 10 ** 9 }} {{ x ~ 1 ~ none }}", {"x": "a"}, "18446744073709551616 3000000000 a1None"),
+    ("{{ '{0:>{1}}|{k}'.format('x', 3, k=2) }} {{ '{a}'.format_map({'a': 1}) }}", {}, "  x|2 1"),
+    ("{{ 'a\tb'.expandtabs(4) }} {{ ['x', 'y']|join('-') }} {{ '-'.join(['p', 'q']) }}", {}, "a   b x-y p-q"),
+    ("{{ items|select('odd')|join(',') }} {{ items|map('string')|list }}", {"items": [1, 2, 3]},
+     "1,3 ['1', '2', '3']"),
     ("line\n", {}, "line\n"),
 ])
 def test_render_exact(renderer: TemplateRenderer, source: str, variables: dict[str, object], expected: str) -> None:
     assert renderer.render(source, variables) == expected
+
+
+def test_evaluate_draws_a_generator_into_a_list(renderer: TemplateRenderer) -> None:
+    assert renderer.evaluate("items|select('odd')", {"items": [1, 2, 3]}) == [1, 3]  # for_each over a filter
 
 
 def test_evaluate(renderer: TemplateRenderer) -> None:

@@ -17,7 +17,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.parser import Parser
 
 from engine.errors import TemplateError
-from engine.templating.sandbox import SandboxEnvironment
+from engine.templating.sandbox import SandboxEnvironment, syntax_message
 
 _PARSER_ENVIRONMENT = SandboxEnvironment()
 
@@ -68,10 +68,10 @@ def _references(kind: str, source: str) -> frozenset[Reference]:
         return simple
     try:
         tree = _parse_template(source) if kind == "template" else _parse_expression(source)
+        free = meta.find_undeclared_variables(tree)  # compiles it: unknown filters and tests fail here
     except TemplateSyntaxError as exc:
         where = f" (line {exc.lineno})" if kind == "template" and exc.lineno > 1 else ""
-        raise TemplateError(f"{kind} does not parse: {exc.message}{where}") from None
-    free = meta.find_undeclared_variables(tree)
+        raise TemplateError(f"{kind} does not parse: {syntax_message(exc)}{where}") from None
     inner: set[int] = set()
     found: set[Reference] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):

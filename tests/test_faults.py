@@ -7,6 +7,7 @@ and shared through a real redis-server), and that nothing is lost or duplicated.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -261,3 +262,16 @@ async def test_a_key_echoed_by_the_provider_is_scrubbed_from_everything(server: 
     assert "invalid credentials: Bearer [redacted]" in (result.tasks["echoed"].error or "")
     assert result.tasks["answer"].output == "the key is [redacted]"
     assert "[redacted]" in (result.tasks["raised"].error or "")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_an_answer_larger_than_the_bound_is_refused_before_it_is_read_whole(
+        server: FaultServer, engines: Any, stream: bool) -> None:
+    """A 40 MB answer (valid JSON: read whole, it would succeed) or a 2 MB event line fails the call."""
+    server.default = "huge"
+    engine = engines(config(server), stream_tokens=stream)
+    document = {"dsl": "orchestrion/v1", "name": "huge", "defaults": {"retry": None},
+                "stages": [{"type": "linear", "tasks": [{"id": "a", "model": "medium_ai", "prompt": "hi"}]}]}
+    result = await engine.run(document)
+    assert result.status == "failed"
+    assert re.search(r"(answer|event) from \S+ is (larger|longer) than \d+ bytes", result.tasks["a"].error or "")

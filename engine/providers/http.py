@@ -148,14 +148,37 @@ class HttpClientPool:
         self._clients.clear()
 
 
+# What is read of a provider's answer before giving up on it: its bodies are untrusted text,
+# bounded before they allocate (an answer of 32 MB is some 8 million tokens).
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024  # an error's message is cut to 500 characters anyway
+MAX_EVENT_BYTES = 1024 * 1024  # one line of a server-sent event stream
+
+
+async def _read_bounded(response: httpx.Response, limit: int, model: str) -> bytes:
+    """The body, or a server_error once it passes ``limit`` bytes (an error body: its first bytes)."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if response.status_code >= 400:
+                break  # enough of an error's message to report it
+            raise ModelError("server_error", f"the answer from {model} is larger than {limit} bytes", model=model)
+    return b"".join(chunks)[:limit]
+
+
+async def _error_from(response: httpx.Response, model: str) -> ModelError:
+    return error_from_response(response, await _read_bounded(response, MAX_ERROR_BYTES, model), model)
+
+
 async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any], model: str) -> Any:
     """POST a JSON body; the decoded JSON answer, or a ModelError."""
     try:
-        response = await pool.client().post(path, json=body)
-        content = await response.aread()
-        if response.status_code >= 400:
-            raise error_from_response(response, content, model)
-        return json.loads(content)
+        async with pool.client().stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                raise await _error_from(response, model)
+            return json.loads(await _read_bounded(response, MAX_ANSWER_BYTES, model))
     except ModelError:
         raise
     except Exception as error:
@@ -189,15 +212,18 @@ async def post_sse(
         headers = {"Accept-Encoding": "identity"}
         async with pool.client().stream("POST", path, json=body, headers=headers) as response:
             if response.status_code >= 400:
-                raise error_from_response(response, await response.aread(), model)
+                raise await _error_from(response, model)
             if _media_type(response) == "application/json":
-                yield WholeAnswer(json.loads(await response.aread()))
+                yield WholeAnswer(json.loads(await _read_bounded(response, MAX_ANSWER_BYTES, model)))
                 return
             raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # typed as an iterator; a generator
             async with aclosing(raw):
                 pending = b""
                 async for chunk in raw:
                     *lines, pending = (pending + chunk).split(b"\n")
+                    if len(pending) > MAX_EVENT_BYTES:
+                        raise ModelError("server_error", f"an event from {model} is longer than "
+                                         f"{MAX_EVENT_BYTES} bytes", model=model)
                     for line in lines:
                         payload = _data(line)
                         if payload == "[DONE]":

@@ -28,7 +28,7 @@ class RenderLimits:
 
     max_output_chars: int = 1_000_000
     max_value_chars: int = 1_000_000  # any one string or list built while rendering
-    max_total_chars: int = 32_000_000  # all strings and lists built during one render, together
+    max_total_chars: int = 16_000_000  # all strings and lists built in one render: <= 128 MB of list slots
     max_iterations: int = 100_000  # loop iterations, all loops together
     max_seconds: float = 1.0
     max_width: int = 10_000  # numeric arguments of filters and methods (widths, counts)

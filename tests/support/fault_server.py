@@ -14,10 +14,12 @@ Each request takes the next fault from ``faults`` (a list consumed in order, the
     cut        a stream that stops mid-way, without its end marker
     nostream   the answer as plain JSON even when a stream was asked for (a server that ignores it)
     401echo    bad key, and the error repeats the request's Authorization header (some proxies do)
+    huge       200 with a valid answer of 40 MB (JSON), or one 2 MB event line (SSE): past the client's bounds
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -146,6 +148,19 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _malformed(self, body: dict[str, Any]) -> None:
             self._send(200, b'{"choices": [ {"message": ')
+
+        def _huge(self, body: dict[str, Any]) -> None:
+            text = "x" * (40 * 1024 * 1024)
+            if not body.get("stream"):
+                self._send(200, json.dumps({"model": body["model"], "choices": [
+                    {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}).encode())
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client stops reading, as it should
+                self.wfile.write(b"data: " + json.dumps({"choices": [{"delta": {"content": text[:2 << 20]}}]}).encode())
+            self.close_connection = True
 
         def _429(self, body: dict[str, Any]) -> None:
             self._error(429, "rate limited", {"Retry-After": str(server.retry_after)})

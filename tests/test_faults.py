@@ -269,7 +269,9 @@ async def test_an_answer_larger_than_the_bound_is_refused_before_it_is_read_whol
         server: FaultServer, engines: Any, stream: bool) -> None:
     """A 40 MB answer (valid JSON: read whole, it would succeed) or a 2 MB event line fails the call."""
     server.default = "huge"
-    engine = engines(config(server), stream_tokens=stream)
+    settings = config(server)  # the server builds 40 MB before its first byte: more than 0.3 s on a busy machine
+    patient = settings.providers["flaky"].model_copy(update={"timeout": 10.0})
+    engine = engines(settings.model_copy(update={"providers": {"flaky": patient}}), stream_tokens=stream)
     document = {"dsl": "orchestrion/v1", "name": "huge", "defaults": {"retry": None},
                 "stages": [{"type": "linear", "tasks": [{"id": "a", "model": "medium_ai", "prompt": "hi"}]}]}
     result = await engine.run(document)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from engine.model.client import ModelRequest, Usage
 from engine.model.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
-DEFAULT_OUTPUT_ESTIMATE = 1024  # tokens assumed for a call without max_tokens
+DEFAULT_OUTPUT_ESTIMATE = 1024  # tokens assumed for a call without max_tokens; under a cost limit, the most it may ask
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +24,23 @@ class Price:
         return (fresh * self.input + usage.cached_input_tokens * cached_price
                 + usage.output_tokens * self.output) / 1_000_000
 
+    def output_tokens_for(self, amount: float, input_tokens: int) -> int | None:
+        """The most answer tokens ``amount`` dollars pay for after ``input_tokens`` of prompt at the full
+        input price (None: answers cost nothing, so no amount bounds them)."""
+        if self.output <= 0:
+            return None
+        left = amount * 1_000_000 - input_tokens * self.input
+        return max(int(left // self.output), 0)
+
 
 FREE = Price()
 
 
+def prompt_bound(request: ModelRequest) -> int:
+    """The gates' upper bound on the prompt's tokens, without a tokenizer (``tokens.estimate_tokens``)."""
+    return sum(estimate_tokens(message.content) + MESSAGE_OVERHEAD for message in request.messages)
+
+
 def estimate_usage(request: ModelRequest) -> Usage:
-    """What a call may cost at most: the gates' upper bound on the prompt, and ``max_tokens`` of answer."""
-    prompt_tokens = sum(estimate_tokens(message.content) + MESSAGE_OVERHEAD for message in request.messages)
-    return Usage(prompt_tokens, request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+    """What a call may cost at most: the bound on its prompt, and ``max_tokens`` of answer."""
+    return Usage(prompt_bound(request), request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)

@@ -72,6 +72,7 @@ class Call:
 Handler = Callable[[ModelRequest, Call], Awaitable[ModelResponse]]
 TextHandler = Callable[[ModelRequest, Call], Awaitable[str]]
 Pending = Awaitable[object] | None  # what a stage's enter or exit asks the pipeline to wait for, if anything
+Bound = Callable[[ModelRequest, Call], ModelRequest]  # the request an attempt sends, bounded (``SpendStage.bound``)
 
 
 class Stage(Protocol):

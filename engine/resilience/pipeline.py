@@ -14,6 +14,10 @@ failing provider is left at once for the next model, and retried with backoff
 only when there is none. Breaker, budget, rate limit,
 slots and the time limit act on every attempt, so they sit inside the retry.
 
+Under a cost limit, a request without ``max_tokens`` is given one before each
+attempt's stages (``SpendStage.bound``): what the unreserved budget can pay, which
+the spend stage then reserves, so a provider that keeps to it costs no more than was reserved.
+
 Each stage is its own module and is tested alone. ``build_pipeline`` keeps only
 the stages an engine's configuration needs (no gates, no rate limits: no such
 stage), and one coroutine runs an attempt through all of them (``Stage`` in
@@ -38,7 +42,7 @@ from engine.model.client import ModelRequest, ModelResponse
 from engine.model.prices import Price
 from engine.resilience.breaker import Breakers
 from engine.resilience.budget import SpendStage
-from engine.resilience.call import Call, Handler, Sleep, Stage, for_model
+from engine.resilience.call import Bound, Call, Handler, Sleep, Stage, for_model
 from engine.resilience.circuit import BreakerStage
 from engine.resilience.gates import Gatekeeper, GateStage
 from engine.resilience.hedge import HedgeFailed, race
@@ -66,11 +70,13 @@ class PipelineParts:
 
 
 class ModelPipeline:
-    def __init__(self, stages: Sequence[Stage], send: Handler, retrier: Retrier, gate: GateStage | None = None) -> None:
+    def __init__(self, stages: Sequence[Stage], send: Handler, retrier: Retrier, gate: GateStage | None = None,
+                 bound: Bound | None = None) -> None:
         self.stages = tuple(stages)  # every attempt's, in order
         self.send = send  # the provider's answer
         self.retrier = retrier
         self.gate = gate
+        self.bound = bound  # the request's answer bounded to what the first stage will reserve
 
     def answer(self, request: ModelRequest, call: Call, chain: Sequence[str] | None = None, *,
                raw: bool = False) -> Awaitable[Any]:
@@ -124,24 +130,26 @@ class ModelPipeline:
             except ModelError as denied:
                 denied.task_id, denied.attempt = call.task_id, call.tally.attempts
                 raise
+        # Bounded per attempt, from the budget left now; a retry starts again from the unbounded request.
+        sent = request if self.bound is None else self.bound(request, call)
         stages, entered = self.stages, 0
         try:
             for stage in stages:
-                pending = stage.enter(request, call)
+                pending = stage.enter(sent, call)
                 if pending is not None:
                     await pending
                 entered += 1
-            with time_limit(request, call):
-                response = await self.send(request, call)
+            with time_limit(sent, call):
+                response = await self.send(sent, call)
         except BaseException as error:
-            await self._exit(stages[:entered], request, call, None, error)
+            await self._exit(stages[:entered], sent, call, None, error)
             if isinstance(error, ModelError):
                 call.run.emit.scrub.error(error)  # a provider may echo the key in its error body
                 error.task_id, error.attempt = call.task_id, call.tally.attempts
                 if first and worth_retrying(error, call):
                     return await self._retry(error, request, call)
             raise
-        await self._exit(stages, request, call, response, None)
+        await self._exit(stages, sent, call, response, None)
         return response.text
 
     def _retry(self, failure: ModelError, request: ModelRequest, call: Call) -> Awaitable[str]:
@@ -159,7 +167,8 @@ class ModelPipeline:
 
 def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     provider = ProviderStage(parts.clients, parts.prices)
-    stages: list[Stage] = [SpendStage(parts.prices)]
+    spend = SpendStage(parts.prices)
+    stages: list[Stage] = [spend]  # first: it reserves what `bound` computed, with no wait in between
     if parts.slots:
         stages.append(SlotStage(parts.slots))
     if parts.rate_limiters:
@@ -174,4 +183,4 @@ def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     # An open breaker ends a call's retries on that model; read only where reading does not block.
     is_open = breakers.is_open if breakers is not None and not breakers.blocking else None
     retrier = Retrier(parts.sleep, parts.retry.attempts, parts.retry.retry_after_max, is_open)
-    return ModelPipeline(stages, provider.send, retrier, gate)
+    return ModelPipeline(stages, provider.send, retrier, gate, spend.bound)

@@ -64,7 +64,9 @@ class OpenAIProvider:
             return
         text = "".join(pieces)
         if usage is None:  # servers without stream_options (llama.cpp's) send no usage: an upper estimate
-            usage = Usage(sum(estimate_tokens(m.content) for m in request.messages), estimate_tokens(text))
+            answer = estimate_tokens(text)  # bytes: up to 4x the tokens, so capped at what was asked for
+            usage = Usage(sum(estimate_tokens(m.content) for m in request.messages),
+                          min(answer, request.max_tokens) if request.max_tokens else answer)
         yield ModelResponse(text, usage, answered_by, finish)
 
     async def aclose(self) -> None:

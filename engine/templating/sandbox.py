@@ -156,6 +156,21 @@ def _check_join(items: Sequence[Any], separator: str) -> None:
     check_estimate(size, "join")
 
 
+def _check_sum_filter(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``lists|sum(start=[])`` adds lists one by one, copying the total each time: estimated first,
+    then joined in one pass."""
+    start = arguments.get("start")
+    if not isinstance(start, list | tuple) or arguments.get("attribute") is not None:
+        return arguments  # numbers; or attributes, which Python adds as it finds them
+    items = list(_bounded_iter(arguments.get("iterable") or ()))
+    sized = [item for item in items if isinstance(item, list | tuple)]
+    check_estimate(len(start) + sum(len(item) for item in sized), "sum")
+    if len(sized) == len(items) and all(type(item) is type(start) for item in items):
+        joined = [element for item in items for element in item]
+        items = [type(start)(joined)]
+    return {**arguments, "iterable": items}
+
+
 def _check_urlize_filter(arguments: dict[str, Any]) -> dict[str, Any]:
     for name in ("target", "rel"):
         if len(str(arguments.get(name) or "")) > 100:
@@ -172,6 +187,7 @@ _FILTER_CHECKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "indent": _check_indent_filter,
     "join": _check_join_filter,
     "urlize": _check_urlize_filter,
+    "sum": _check_sum_filter,
 }
 
 
@@ -430,13 +446,21 @@ class TemplateRenderer:
                 out.append(piece)
             elif piece[0] in variables:
                 value = variables[piece[0]]
-                out.append(value if isinstance(value, str) else str(value))
+                out.append(value if isinstance(value, str) else self._text(value))
             else:
                 raise TemplateError(f"undefined name: {piece[0]!r} is undefined")
         text = "".join(out)
         if len(text) > self.limits.max_output_chars:
             raise TemplateLimitError(f"output is longer than {self.limits.max_output_chars} characters")
         return text
+
+    def _text(self, value: Any) -> str:
+        """``{{ name }}`` of a value that is not text, bounded as Jinja's output is."""
+        token = current_budget.set(RenderBudget(self.limits))
+        try:
+            return _text_of(value)
+        finally:
+            current_budget.reset(token)
 
     def _render_jinja(self, source: str, variables: Mapping[str, Any]) -> str:
         template = self._compiled("template", source)

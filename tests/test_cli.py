@@ -145,3 +145,22 @@ def test_validate_and_graph_build_no_engine(write, tmp_path) -> None:
             f"assert main(['graph', {str(flow)!r}]) == 0\nprint('engine.core' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert result.stdout.splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("command", [["run", "flow.yaml"], ["validate", "flow.yaml"], ["graph", "flow.yaml"],
+                                     ["plan", "a request"], ["models"], ["schema"], ["addons"]])
+def test_an_unknown_option_shows_the_usage_of_its_command(command, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--bogus"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: orchestrion {command[0]} [-h]")
+    assert err.rstrip().endswith(f"orchestrion {command[0]}: error: unrecognized arguments: --bogus")
+
+
+def test_an_unknown_option_before_the_command_shows_the_top_level_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--bogus", "schema"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: orchestrion [-h] COMMAND") and "orchestrion: error: unrecognized arguments" in err

@@ -178,3 +178,36 @@ def test_yaml_library_warnings_never_escape_the_loader() -> None:
         warnings.simplefilter("error")
         found = problems("dsl: &x orchestrion/v1\nname: &x reused\n")  # a reused anchor: ruamel warns
     assert any("stages" in problem for problem in found)
+
+
+IDS = MINIMAL.replace("id: hello", "id: ID")
+RULE = "ids and names are ASCII letters, digits and _, and do not start with a digit"
+
+
+@pytest.mark.parametrize("written, shown, character, position", [
+    ('"draft\\u200b"', "'draft\\u200b'", "U+200B ZERO WIDTH SPACE", 6),
+    ('"my task"', "'my task'", "U+0020 SPACE", 3),
+    ("9lives", "'9lives'", "U+0039 DIGIT NINE", 1),
+    ("café", "'café'", "U+00E9 LATIN SMALL LETTER E WITH ACUTE", 4),
+    ("my-task", "'my-task'", "U+002D HYPHEN-MINUS", 3),
+])
+def test_a_bad_id_names_its_first_bad_character(written, shown, character, position) -> None:
+    assert problems(IDS.replace("ID", written)) == [
+        f"flow.yaml:6:13: stages[0].tasks[0].id: id {shown} has {character} at position {position}; {RULE}"]
+
+
+def test_bad_names_in_keys_and_lists_name_the_character_too() -> None:
+    text = MINIMAL.replace("stages:", "inputs:\n  my input: {type: string}\nstages:") + "        after: [a b]\n"
+    assert problems(text) == [
+        f"flow.yaml:4:3: inputs.my input.[key]: name 'my input' has U+0020 SPACE at position 3; {RULE}",
+        f"flow.yaml:11:17: stages[0].tasks[0].after[0]: 'a b' has U+0020 SPACE at position 2; {RULE}",
+    ]
+
+
+def test_other_patterns_name_the_character_and_quote_the_pattern() -> None:
+    found = problems(MINIMAL.replace("name: minimal", "name: my flow"))
+    assert found == ["flow.yaml:2:7: name: name 'my flow' has U+0020 SPACE at position 3; "
+                     "the value must match '^[A-Za-z0-9_][A-Za-z0-9_.-]*$'"]
+    found = problems(MINIMAL.replace("model: fast_ai\n        prompt: \"Hello\"", "call: a..b"))
+    assert found == ["flow.yaml:7:15: stages[0].tasks[0].call: call 'a..b': the value must match "
+                     "'^[A-Za-z_][A-Za-z0-9_]*([.:][A-Za-z_][A-Za-z0-9_]*)*$'"]

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.cli.options import add_options, build_catalog
 from engine.errors import CatalogError, ConfigError, InputError, WorkflowError
@@ -44,9 +44,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: it reports an unknown argument itself, with the command's usage.
+
+    argparse parses a command with ``parse_known_args`` and hands what it did not know back to the
+    top-level parser, which would print ``usage: orchestrion [-h] COMMAND ...`` instead.
+    """
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+        namespace, unknown = super().parse_known_args(*args, **kwargs)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace, unknown
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrion", description="Declarative LLM workflows.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     validate = commands.add_parser("validate", help="check workflow files; exit 1 if any has a problem")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")

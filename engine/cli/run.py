@@ -100,11 +100,15 @@ def parse_inputs(pairs: list[str], inputs_file: Path | None, declared: dict[str,
         name, equals, raw = pair.partition("=")
         if not equals or not name:
             raise InputError([f"--input {pair!r}: write NAME=VALUE (the name of a declared input, then its value)"])
-        values[name] = raw if declared.get(name, {}).get("type") == "string" else _json_or_text(raw)
+        values[name] = raw if declared.get(name, {}).get("type") == "string" else _json_or_text(name, raw)
     return values
 
 
-def _json_or_text(raw: str) -> Any:
+def _json_or_text(name: str, raw: str) -> Any:
+    from engine.dsl.source import TOO_DEEP, json_too_deep_at
+
+    if json_too_deep_at(raw) is not None:  # `json` recurses once per level: a deep value would crash it
+        raise InputError([f"--input {name}: {TOO_DEEP}"])
     try:
         return json.loads(raw)
     except json.JSONDecodeError:

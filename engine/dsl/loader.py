@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from engine.dsl import models
 from engine.dsl.models import FieldError, Workflow
 from engine.dsl.seed import convert_seed, is_seed_document
-from engine.dsl.source import Origin, SourceMap, parse_document
+from engine.dsl.source import MAX_DOCUMENT_DEPTH, MAX_NODES, Origin, SourceMap, parse_document, too_deep
 from engine.errors import Location, Path, Problem, WorkflowError
 from engine.suggest import did_you_mean
 
 WorkflowSource = str | os.PathLike[str] | Mapping[str, Any] | Workflow
+_IDENTIFIER_PATTERN: str = get_args(models.Identifier)[1].pattern
+# What each pattern allows, said in words; other patterns are quoted as they are.
+_PATTERN_RULES = {
+    _IDENTIFIER_PATTERN: "ids and names are ASCII letters, digits and _, and do not start with a digit",
+}
 
 
 def load_workflow(source: WorkflowSource) -> Workflow:
@@ -27,7 +34,9 @@ def load_workflow(source: WorkflowSource) -> Workflow:
     if isinstance(source, Workflow):
         return source
     if isinstance(source, Mapping):
-        return _validate(dict(source), Origin(SourceMap("<dict>")))
+        origin = Origin(SourceMap("<dict>"))
+        _check_depth(source, origin)
+        return _validate(dict(source), origin)
     path = FilePath(source)
     try:
         text = path.read_text(encoding="utf-8")
@@ -59,6 +68,34 @@ def _validate(data: dict[str, Any], origin: Origin) -> Workflow:
         raise WorkflowError(sorted(found, key=Problem.sort_key)) from None
     workflow._origin = origin
     return workflow
+
+
+def _check_depth(data: Mapping[str, Any], origin: Origin) -> None:
+    """The text scan's limit for a mapping built in code or by the planner, walked without recursing:
+    pydantic, jsonschema and the compiler recurse once or more per level."""
+    pending: list[tuple[Any, Path]] = [(data, ())]
+    for _ in range(MAX_NODES):  # a list or dict shared in many places could make the walk endless
+        if not pending:
+            return
+        value, path = pending.pop()
+        children = _children(value)
+        if children is None:
+            continue
+        if len(path) >= MAX_DOCUMENT_DEPTH:
+            raise too_deep(origin.locate(path), path)
+        pending.extend((child, (*path, key)) for key, child in children)
+    problem = Problem("too-large", f"the mapping holds more than {MAX_NODES} values",
+                      hint="a list or dict found in many places counts each time", location=origin.locate(()))
+    raise WorkflowError([problem])
+
+
+def _children(value: object) -> list[tuple[str | int, Any]] | None:
+    """The keys (or indexes) and values of a mapping or list; None for a scalar."""
+    if isinstance(value, Mapping):
+        return [(str(key), child) for key, child in value.items()]
+    if isinstance(value, list | tuple):
+        return list(enumerate(value))
+    return None
 
 
 def _safe_name(stem: str) -> str:
@@ -95,16 +132,66 @@ def _describe(error: Any, cause: object, path: Path) -> tuple[str, str | None]:
     if kind == "extra_forbidden":
         key = str(path[-1])
         return f"unknown field {key!r}", did_you_mean(key, _known_fields(path))
-    if kind == "missing":
-        return f"missing required field {str(path[-1])!r}", None
-    if kind == "literal_error":
-        return f"{error['msg']}, found {error['input']!r}", None
     if kind in {"string_type", "int_type", "float_type", "bool_type", "dict_type", "list_type"}:
         found = type(error["input"]).__name__ if error["input"] is not None else "null"
         quotable = kind == "string_type" and isinstance(error["input"], int | float | bool)
         hint = "quote the value to make it a string" if quotable else None
         return f"{error['msg']}, found {found} {error['input']!r}"[:300], hint
-    return error["msg"], None
+    return _message(error, path), None
+
+
+def _message(error: Any, path: Path) -> str:
+    """The message of an error that needs no hint."""
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing required field {str(path[-1])!r}"
+    if kind == "literal_error":
+        return f"{error['msg']}, found {error['input']!r}"
+    if kind == "string_pattern_mismatch":
+        return _pattern_mismatch(error["input"], error["ctx"]["pattern"], path)
+    return str(error["msg"])
+
+
+def _pattern_mismatch(value: str, pattern: str, path: Path) -> str:
+    """Names the first character the pattern refuses: a regex alone hides a space or a U+200B."""
+    rule = _PATTERN_RULES.get(pattern, f"the value must match '{pattern}'")
+    shown = f"{_field(path)} {_shown(value)}".lstrip()
+    found = _first_refused(value, pattern)
+    if found is None:  # each character is allowed, not their order (`a..b`), or the value is empty
+        return f"{shown}: {rule}"
+    index, char = found
+    return f"{shown} has {_character(char)} at position {index + 1}; {rule}"
+
+
+def _first_refused(value: str, pattern: str) -> tuple[int, str] | None:
+    """The first character of ``value`` outside the character classes of ``pattern``, which must start
+    ``^[...]`` (that class is the first character's); None if there is none."""
+    classes = re.findall(r"\[[^\]]*\]", pattern)
+    if not pattern.startswith("^[") or not classes:
+        return None
+    first, later = re.compile(classes[0]), re.compile("|".join(classes))
+    for index, char in enumerate(value):
+        if not (first if index == 0 else later).fullmatch(char):
+            return index, char
+    return None
+
+
+def _field(path: Path) -> str:
+    """What a message calls the value: its field (``id``), ``name`` for a key, else nothing (a list item)."""
+    last = path[-1] if path else ""
+    if last == "[key]":
+        return "name"
+    return last if isinstance(last, str) and last.isidentifier() else ""
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _character(char: str) -> str:
+    """``U+200B ZERO WIDTH SPACE``: seen whatever the character and the terminal."""
+    return f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip()
 
 
 def _known_fields(path: Path) -> list[str]:

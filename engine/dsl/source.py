@@ -5,12 +5,18 @@ keys and keeps the line and column of every key and item; YAML 1.2 also keeps
 ``no`` a string. JSON is YAML 1.2, but ruamel's pure-Python parser is about 500x slower
 than ``json``: JSON documents are read with ``json`` (duplicate keys still
 refused) and ruamel locates positions only when an error needs one.
+
+Both parsers, and everything that reads their result, recurse once per level
+of nesting: a document deeper than ``MAX_DOCUMENT_DEPTH`` is refused, with
+its position, before anything recurses that deep (a scan of the brackets for
+JSON, ruamel's ``max_depth`` and the alias expansion for YAML).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +31,15 @@ if TYPE_CHECKING:
 
 MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
 MAX_NODES = 200_000  # after alias expansion: stops "billion laughs" documents
+# Mappings and lists inside one another. The parsers, pydantic, jsonschema and the compiler recurse once
+# or more per level, so a deeper file must be refused before any of them reads it. The deepest shipped
+# workflow has 11 levels (a nested stage adds 2); jsonschema, the deepest reader, overflows near 200.
+MAX_DOCUMENT_DEPTH = 64
+TOO_DEEP = f"nested too deep (more than {MAX_DOCUMENT_DEPTH} levels)"
+_TOO_DEEP_HINT = "every mapping and list is a level; a workflow needs about a dozen (a nested stage adds two)"
+# What the JSON depth scan looks at: a string (skipped whole, even unterminated, so the scan stays
+# linear) or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*"?|[\[{]|[\]}]', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -97,14 +112,22 @@ def parse_document(text: str, name: str = "<string>") -> ParsedDocument:
 
 def _parse_yaml(text: str, name: str) -> ParsedDocument:
     from ruamel.yaml import YAML  # imported on first use: it is the slowest import of the loader
+    from ruamel.yaml.composer import MaxDepthExceededError
     from ruamel.yaml.constructor import DuplicateKeyError
     from ruamel.yaml.error import YAMLError, YAMLWarning
 
+    yaml = YAML(typ="rt", pure=True)
+    # ruamel's scanner and parser loop, its composer recurses: it stops at the limit, however deep the
+    # text goes. It counts the scalar at the bottom as a level too.
+    yaml.max_depth = MAX_DOCUMENT_DEPTH + 1
     try:
         with warnings.catch_warnings():
             # ruamel warns (ReusedAnchorWarning...) about valid YAML: the loader reports, it never prints.
             warnings.simplefilter("ignore", YAMLWarning)
-            raw = YAML(typ="rt", pure=True).load(text)
+            raw = yaml.load(text)
+    except MaxDepthExceededError as exc:
+        mark = exc.problem_mark  # the first value inside the first collection past the limit
+        raise too_deep(Location(name, mark.line + 1, mark.column + 1) if mark else Location(name)) from None
     except DuplicateKeyError as exc:
         raise _yaml_error(name, exc, "duplicate-key", "remove or rename one of the two keys") from None
     except YAMLError as exc:
@@ -134,6 +157,9 @@ class _Plainer:
         if self.count > MAX_NODES:
             raise _error(self.name, "too-large", f"document expands to more than {MAX_NODES} values",
                          hint="YAML aliases that repeat large blocks multiply the document's size")
+        if isinstance(node, self.mapping | self.sequence) and len(path) >= MAX_DOCUMENT_DEPTH:
+            # Only aliases get here: `*a` inside a collection nests `&a`'s levels below it.
+            raise too_deep(self.locate(path))
         if isinstance(node, self.mapping):
             result: dict[str, Any] = {}
             for key, value in node.items():
@@ -151,6 +177,10 @@ class _Plainer:
                 items.append(self.convert(value, (*path, index)))
             return items
         return _scalar(node)
+
+    def locate(self, path: Path) -> Location:
+        position = self.positions.get(path)
+        return Location(self.name) if position is None else Location(self.name, *position)
 
 
 def _scalar(node: Any) -> Any:
@@ -175,6 +205,7 @@ def _parse_json(text: str, name: str) -> ParsedDocument:
                          hint="remove or rename one of the two keys")
         return dict(pairs)
 
+    _check_json_depth(text, name)
     try:
         data = json.loads(text, object_pairs_hook=no_duplicates)
     except WorkflowError as exc:
@@ -190,6 +221,29 @@ def _parse_json(text: str, name: str) -> ParsedDocument:
     return ParsedDocument(data, SourceMap(name, text=text))
 
 
+def _check_json_depth(text: str, name: str) -> None:
+    """Refuse JSON nested deeper than MAX_DOCUMENT_DEPTH in one linear scan: ``json`` recurses per level."""
+    offset = json_too_deep_at(text)
+    if offset is not None:
+        line = text.count("\n", 0, offset) + 1
+        column = offset - text.rfind("\n", 0, offset)  # 1-based, as `json` counts
+        raise too_deep(Location(name, line, column))
+
+
+def json_too_deep_at(text: str) -> int | None:
+    """The offset of the first ``[`` or ``{`` of JSON ``text`` deeper than MAX_DOCUMENT_DEPTH, or None."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_DOCUMENT_DEPTH:
+                return token.start()
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return None
+
+
 def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowError:
     from ruamel.yaml.error import MarkedYAMLError
 
@@ -203,6 +257,11 @@ def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowErro
         if code == "duplicate-key":
             message = (exc.problem or "duplicate key").split(" with value")[0]
     return WorkflowError([Problem(code, message, location=location, hint=hint)])
+
+
+def too_deep(location: Location, path: Path = ()) -> WorkflowError:
+    """The error for a document nested deeper than MAX_DOCUMENT_DEPTH."""
+    return WorkflowError([Problem("too-deep", TOO_DEEP, path, _TOO_DEEP_HINT, location)])
 
 
 def _error(name: str, code: str, message: str, hint: str | None = None) -> WorkflowError:

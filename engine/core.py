@@ -27,7 +27,7 @@ from engine.catalog import Catalog
 from engine.compiler import Plan, compile_workflow
 from engine.compiler.policies import ENGINE_RETRY, ENGINE_TIMEOUT
 from engine.dsl.loader import WorkflowSource, load_workflow
-from engine.dsl.models import Workflow
+from engine.dsl.models import DEFAULT_MAX_DEPTH, DEFAULT_MAX_TASKS, Workflow
 from engine.events import Emitter, Event
 from engine.model.client import ModelClient, ModelRequest
 from engine.model.prices import Price
@@ -63,10 +63,14 @@ class Engine:
         stream_tokens: bool = True,
         event_buffer: int = 1024,
         planner_limits: PlannerLimits | None = None,
+        max_tasks: int = DEFAULT_MAX_TASKS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
-        With neither, every alias runs on the embedded local model (``orchestrion[local]``)."""
+        With neither, every alias runs on the embedded local model (``orchestrion[local]``).
+        ``max_tasks`` and ``max_depth`` bound a whole run, nested runs included, when the
+        workflow's ``limits:`` does not."""
         from engine.assembly import clients_for, pipeline_for, prices as configured_prices, secrets
         from engine.config import EngineConfig
         from engine.planner import PlannerLimits
@@ -96,7 +100,7 @@ class Engine:
             pipeline=self._pipeline, functions=self.functions,
             renderer=TemplateRenderer(render_limits or RenderLimits()), catalog=self.catalog,
             compile=self.compile, plan_workflow=self._plan_workflow, stream_tokens=stream_tokens,
-            scrub=secrets(config),
+            scrub=secrets(config), max_depth=max_depth, max_tasks=max_tasks,
         )
 
     @classmethod

@@ -17,6 +17,7 @@ Every error the engine raises on purpose derives from ``OrchestrionError``::
           ├── ModelError             a model call failed; ``kind`` classifies it
           │    └── InvalidOutputError     the output did not match ``output.schema``
           ├── BudgetExceededError    the next call would pass ``limits.max_cost_usd``
+          ├── RunLimitError          the run passed ``limits.max_tasks`` or ``limits.max_depth``
           └── FunctionError          a ``call:`` function raised
 
 ``ModelError.kind`` is one of ERROR_KINDS; ``transient`` kinds are retried,
@@ -152,7 +153,7 @@ ErrorKind = Literal[
     "context_length",  # resource: a model with a larger context
     "breaker_open",  # the endpoint's circuit breaker is open: the next model, at once
     "invalid_output",  # logical: repaired with the error fed back
-    "budget", "denied", "function", "cancelled", "unknown",
+    "budget", "limit", "denied", "function", "cancelled", "unknown",
 ]
 TRANSIENT_KINDS: frozenset[str] = frozenset({"rate_limit", "server_error", "timeout", "connection"})
 
@@ -204,6 +205,14 @@ class BudgetExceededError(TaskError):
     """Running the next call would pass the run's ``limits.max_cost_usd``."""
 
     kind: ErrorKind = "budget"
+
+
+class RunLimitError(TaskError):
+    """The run, nested runs included, started more tasks than ``limits.max_tasks`` or nested
+    workflows deeper than ``limits.max_depth``. Always fatal, even to a ``critical: false`` task:
+    it stops a runaway (a workflow that runs itself), so nothing of the run may go on."""
+
+    kind: ErrorKind = "limit"
 
 
 class FunctionError(TaskError):

@@ -277,3 +277,11 @@ async def test_an_answer_larger_than_the_bound_is_refused_before_it_is_read_whol
     result = await engine.run(document)
     assert result.status == "failed"
     assert re.search(r"(answer|event) from \S+ is (larger|longer) than \d+ bytes", result.tasks["a"].error or "")
+
+
+async def test_an_answer_nested_past_any_answer_is_a_server_error(server: FaultServer, engines: Any) -> None:
+    server.default = "deep"
+    document = {"dsl": "orchestrion/v1", "name": "deep", "defaults": {"retry": None},
+                "stages": [{"type": "linear", "tasks": [{"id": "a", "model": "medium_ai", "prompt": "hi"}]}]}
+    result = await engines(config(server), stream_tokens=False).run(document)
+    assert result.status == "failed" and "is nested more than 100 deep" in (result.tasks["a"].error or "")

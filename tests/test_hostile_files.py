@@ -8,6 +8,7 @@ refused, with its position, before any of them sees it, and in bounded stack.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -257,3 +258,43 @@ def test_the_console_script_prints_no_traceback_for_a_deep_file(write) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stdout.startswith(f"{path}:1:{column(JSON_HEAD, FIRST_PAST)}: {TOO_DEEP}")
+
+
+# -- untrusted JSON that is not a file: model answers, provider bodies, inputs given in code --------
+
+
+def test_depth_scans_stop_at_the_first_bracket_past_the_limit() -> None:
+    from engine.depth import json_too_deep_at, value_too_deep
+
+    assert json_too_deep_at('["[[[[", [[1]]]', 3) is None  # brackets in strings are not levels
+    assert json_too_deep_at("[[[[1]]]]", 3) == 3
+    nested: list[Any] = []
+    innermost = nested
+    for _ in range(100_000):
+        innermost.append([])
+        innermost = innermost[0]
+    with frames_to_spare(50):
+        assert value_too_deep(nested, 64) and not value_too_deep([[1], {"a": [2]}], 3)
+
+
+def test_a_deep_model_answer_is_invalid_output_not_a_recursion_error() -> None:
+    from engine.errors import InvalidOutputError
+    from engine.model.output import parse_output
+
+    with frames_to_spare(100), pytest.raises(InvalidOutputError, match="nested too deep"):
+        parse_output("[" * 100_000 + "]" * 100_000, {"type": "array"})
+    assert parse_output("[[1]]", {"type": "array"}) == [[1]]
+
+
+def test_a_deep_input_given_in_code_is_an_input_error() -> None:
+    from engine.errors import InputError
+    from engine.runtime.inputs import validate_inputs
+
+    deep: list[Any] = []
+    innermost = deep
+    for _ in range(10_000):
+        innermost.append([])
+        innermost = innermost[0]
+    with pytest.raises(InputError, match=re.escape(f"input 'x': {TOO_DEEP}")):
+        validate_inputs({"x": {"type": "array"}}, {"x": deep})
+    assert validate_inputs({"x": {"type": "array"}}, {"x": [[1]]}) == {"x": [[1]]}

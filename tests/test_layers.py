@@ -14,7 +14,7 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
 # Bottom to top. A unit may import units of its own layer or below, never above.
 LAYERS: list[set[str]] = [
-    {"errors", "events", "secrets", "suggest"},
+    {"errors", "events", "secrets", "suggest", "depth"},
     {"dsl", "templating", "routing"},
     {"addons", "catalog"},
     {"compiler", "schema", "graph"},

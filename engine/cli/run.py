@@ -105,9 +105,10 @@ def parse_inputs(pairs: list[str], inputs_file: Path | None, declared: dict[str,
 
 
 def _json_or_text(name: str, raw: str) -> Any:
-    from engine.dsl.source import TOO_DEEP, json_too_deep_at
+    from engine.depth import json_too_deep_at
+    from engine.dsl.source import MAX_DOCUMENT_DEPTH, TOO_DEEP
 
-    if json_too_deep_at(raw) is not None:  # `json` recurses once per level: a deep value would crash it
+    if json_too_deep_at(raw, MAX_DOCUMENT_DEPTH) is not None:  # `json` recurses once per level: it would crash
         raise InputError([f"--input {name}: {TOO_DEEP}"])
     try:
         return json.loads(raw)

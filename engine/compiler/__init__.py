@@ -6,6 +6,7 @@
     unroll   repeated stages into rounds; nodes and their edges
     checks   models, addons, templates, functions against the Catalog
     order    cycles, topological order, critical path
+    nesting  `workflow:` tasks whose files lead round in a cycle
 
 Every pass reports problems instead of raising, so one compile reports all of
 them; WorkflowError carries them, each located in the source file.
@@ -17,6 +18,7 @@ import copy
 
 from engine.catalog import Catalog
 from engine.compiler.checks import check_catalog
+from engine.compiler.nesting import check_nesting
 from engine.compiler.order import critical_path, topological_order
 from engine.compiler.plan import (
     Binding,
@@ -56,6 +58,7 @@ def compile_workflow(workflow: Workflow, catalog: Catalog | None = None) -> Plan
     nodes, outputs, node_problems = build_nodes(workflow, sites, scopes, policies)
     ordered, order_problems = topological_order(nodes)
     problems += scope_problems + node_problems + check_catalog(workflow, sites.sites, catalog) + order_problems
+    problems += check_nesting(workflow, sites.sites, catalog)
     if problems:
         raise WorkflowError(_located(problems, workflow))
     return Plan(
@@ -65,10 +68,15 @@ def compile_workflow(workflow: Workflow, catalog: Catalog | None = None) -> Plan
         critical_path=critical_path(ordered),
         outputs=FrozenMap(outputs),
         inputs=FrozenMap(copy.deepcopy(workflow.inputs)),
-        limits=PlanLimits(workflow.limits.max_cost_usd, workflow.limits.max_concurrency, workflow.limits.timeout),
+        limits=_limits(workflow),
         schedule=workflow.schedule,
         base_dir=str(origin.file.parent) if (origin := workflow.origin) is not None and origin.file else None,
     )
+
+
+def _limits(workflow: Workflow) -> PlanLimits:
+    limits = workflow.limits
+    return PlanLimits(limits.max_cost_usd, limits.max_concurrency, limits.timeout, limits.max_tasks, limits.max_depth)
 
 
 def _located(problems: list[Problem], workflow: Workflow) -> list[Problem]:

@@ -82,11 +82,14 @@ class TaskSpec:
 
 @dataclass(frozen=True, slots=True)
 class PlanLimits:
-    """Bounds on one run: cost, tasks at once, seconds."""
+    """Bounds on one run: cost, tasks at once, seconds; and on the whole tree of a top-level run:
+    task instances and nesting depth (None: the engine's)."""
 
     max_cost_usd: float | None = None
     max_concurrency: int | None = None
     timeout: float | None = None
+    max_tasks: int | None = None
+    max_depth: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,12 +245,28 @@ class Stage(StrictModel):
     repeat: Repeat | None = Field(None, description="Run the stage as a bounded loop.")
 
 
+# The engine's bounds on a whole run, nested runs included, when `limits:` does not set them.
+DEFAULT_MAX_TASKS = 10_000
+DEFAULT_MAX_DEPTH = 8
+
+
 class Limits(StrictModel):
     """Bounds on one run of the workflow."""
 
     max_cost_usd: float | None = Field(None, ge=0, description="Stop before a call would pass this cost.")
     max_concurrency: int | None = Field(None, ge=1, description="Tasks running at once.")
     timeout: float | None = Field(None, gt=0, description="Seconds allowed for the whole run.")
+    max_tasks: int | None = Field(
+        None, ge=1, description="Task instances the whole run may start, nested workflows included: a task "
+        "counts once, a `for_each` once per item, a task of a repeated stage once per round. Past it the run fails. "
+        f"Absent or null: the engine's bound ({DEFAULT_MAX_TASKS:,} by default), which is also the most "
+        "a workflow may set. Only the top-level run's value counts; a nested workflow's is not used.",
+    )
+    max_depth: int | None = Field(
+        None, ge=1, le=64, description="How deep `workflow:` and `plan:` tasks may nest runs; one level "
+        f"more fails the run. Absent or null: the engine's bound ({DEFAULT_MAX_DEPTH} by default), which is "
+        "also the most a workflow may set. Only the top-level run's value counts.",
+    )
 
 
 class Workflow(StrictModel):

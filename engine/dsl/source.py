@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from functools import cached_property
 from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Any
 
+from engine.depth import json_too_deep_at
 from engine.errors import Location, Path, Problem, WorkflowError, format_path
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ MAX_NODES = 200_000  # after alias expansion: stops "billion laughs" documents
 MAX_DOCUMENT_DEPTH = 64
 TOO_DEEP = f"nested too deep (more than {MAX_DOCUMENT_DEPTH} levels)"
 _TOO_DEEP_HINT = "every mapping and list is a level; a workflow needs about a dozen (a nested stage adds two)"
-# What the JSON depth scan looks at: a string (skipped whole, even unterminated, so the scan stays
-# linear) or a bracket.
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*"?|[\[{]|[\]}]', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -223,25 +220,11 @@ def _parse_json(text: str, name: str) -> ParsedDocument:
 
 def _check_json_depth(text: str, name: str) -> None:
     """Refuse JSON nested deeper than MAX_DOCUMENT_DEPTH in one linear scan: ``json`` recurses per level."""
-    offset = json_too_deep_at(text)
+    offset = json_too_deep_at(text, MAX_DOCUMENT_DEPTH)
     if offset is not None:
         line = text.count("\n", 0, offset) + 1
         column = offset - text.rfind("\n", 0, offset)  # 1-based, as `json` counts
         raise too_deep(Location(name, line, column))
-
-
-def json_too_deep_at(text: str) -> int | None:
-    """The offset of the first ``[`` or ``{`` of JSON ``text`` deeper than MAX_DOCUMENT_DEPTH, or None."""
-    depth = 0
-    for token in _JSON_TOKEN.finditer(text):
-        bracket = token.group()
-        if bracket in ("[", "{"):
-            depth += 1
-            if depth > MAX_DOCUMENT_DEPTH:
-                return token.start()
-        elif bracket in ("]", "}"):
-            depth -= 1
-    return None
 
 
 def _yaml_error(name: str, exc: YAMLError, code: str, hint: str) -> WorkflowError:

@@ -12,9 +12,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from engine.depth import json_too_deep_at
 from engine.errors import InvalidOutputError
 from engine.model.client import Message, ModelRequest
 
+MAX_ANSWER_DEPTH = 64  # as for workflow files: a planner's answer becomes one
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
 
 
@@ -32,6 +34,8 @@ def parse_output(text: str, schema: Mapping[str, Any], model: str | None = None)
 
     fenced = _FENCE.match(text)
     candidate = fenced.group(1) if fenced else text.strip()
+    if json_too_deep_at(candidate, MAX_ANSWER_DEPTH) is not None:  # `json` and jsonschema recurse per level
+        raise InvalidOutputError(f"nested too deep (more than {MAX_ANSWER_DEPTH} levels)", output=text, model=model)
     try:
         value = json.loads(candidate, strict=False)  # raw newlines inside strings are common and harmless
     except json.JSONDecodeError as exc:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import httpx
 
+from engine.depth import json_too_deep_at
 from engine.errors import ErrorKind, ModelError
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ class HttpClientPool:
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024  # an error's message is cut to 500 characters anyway
 MAX_EVENT_BYTES = 1024 * 1024  # one line of a server-sent event stream
+MAX_ANSWER_DEPTH = 100  # a vendor's envelope, around a structured answer of at most 64 levels
 
 
 async def _read_bounded(response: httpx.Response, limit: int, model: str) -> bytes:
@@ -168,6 +170,15 @@ async def _read_bounded(response: httpx.Response, limit: int, model: str) -> byt
     return b"".join(chunks)[:limit]
 
 
+def _decoded(body: bytes | str, model: str) -> Any:
+    """A JSON body, refused before ``json`` recurses into one nested deeper than any answer is."""
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    if json_too_deep_at(text, MAX_ANSWER_DEPTH) is not None:
+        raise ModelError("server_error", f"the answer from {model} is nested more than {MAX_ANSWER_DEPTH} deep",
+                         model=model)
+    return json.loads(text)
+
+
 async def _error_from(response: httpx.Response, model: str) -> ModelError:
     return error_from_response(response, await _read_bounded(response, MAX_ERROR_BYTES, model), model)
 
@@ -178,7 +189,7 @@ async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any], mo
         async with pool.client().stream("POST", path, json=body) as response:
             if response.status_code >= 400:
                 raise await _error_from(response, model)
-            return json.loads(await _read_bounded(response, MAX_ANSWER_BYTES, model))
+            return _decoded(await _read_bounded(response, MAX_ANSWER_BYTES, model), model)
     except ModelError:
         raise
     except Exception as error:
@@ -214,7 +225,7 @@ async def post_sse(
             if response.status_code >= 400:
                 raise await _error_from(response, model)
             if _media_type(response) == "application/json":
-                yield WholeAnswer(json.loads(await _read_bounded(response, MAX_ANSWER_BYTES, model)))
+                yield WholeAnswer(_decoded(await _read_bounded(response, MAX_ANSWER_BYTES, model), model))
                 return
             raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # typed as an iterator; a generator
             async with aclosing(raw):
@@ -229,7 +240,7 @@ async def post_sse(
                         if payload == "[DONE]":
                             return
                         if payload is not None:
-                            yield json.loads(payload)
+                            yield _decoded(payload, model)
             if done_marker:
                 raise ModelError("connection", f"the stream from {model} ended before its end marker", model=model)
     except ModelError:

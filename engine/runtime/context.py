@@ -1,8 +1,10 @@
 """What one run needs from the engine, and the state it builds up.
 
 ``Services`` is the engine's side (the model pipeline, functions, renderer,
-the catalog, how to compile and plan), shared by nested runs; ``RunState``
-holds one run's values and results.
+the catalog, how to compile and plan), shared by nested runs; ``RunTree`` is
+what one top-level run and all its nested runs share: the count of task
+instances started and the bounds on it and on depth; ``RunState`` holds one
+run's values and results.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from engine.catalog import Catalog
 from engine.compiler.plan import Binding, Node, NodeId, Plan
-from engine.dsl.models import Workflow
+from engine.dsl.models import DEFAULT_MAX_DEPTH, DEFAULT_MAX_TASKS, Workflow
+from engine.errors import RunLimitError
 from engine.events import Emitter
 from engine.resilience.call import RunContext
 from engine.resilience.pipeline import ModelPipeline
@@ -49,11 +52,63 @@ class Services:
     plan_workflow: PlanWorkflow
     stream_tokens: bool = True
     scrub: Scrubber = NO_SECRETS  # the configured secrets, removed by value from what leaves a run
-    max_depth: int = 8
+    max_depth: int = DEFAULT_MAX_DEPTH  # bounds on a whole run (RunTree) where the top-level
+    max_tasks: int = DEFAULT_MAX_TASKS  # workflow's `limits:` sets none
     planner_model: str = "thinking_ai"
 
     def load_workflow(self, reference: str, base_dir: str | None) -> Workflow:
         return self.catalog.load_workflow(reference, Path(base_dir) if base_dir is not None else None)
+
+
+@dataclass(slots=True)
+class RunTree:
+    """What every run of one top-level run shares, like its budget: the task instances started
+    so far, and the top-level run's bounds on them and on nesting (a nested run's own `limits`
+    cannot widen them). The first bound passed is kept, and ``halt`` (the top-level run's)
+    fails the whole tree at once: a runaway's other branches stop too, without a word each."""
+
+    max_tasks: int
+    max_depth: int
+    started: int = 0
+    tripped: RunLimitError | None = None
+    halt: Callable[[RunLimitError], None] | None = None
+
+    @classmethod
+    def for_plan(cls, plan: Plan, services: Services) -> RunTree:
+        """The workflow's bounds, under the engine's: whoever runs the engine (a service taking
+        workflows from the network) sets the ceiling, and a workflow may only lower it."""
+        limits = plan.limits
+        return cls(min(limits.max_tasks or services.max_tasks, services.max_tasks),
+                   min(limits.max_depth or services.max_depth, services.max_depth))
+
+    def start(self, count: int, task_id: str, lineage: tuple[str, ...]) -> None:
+        """Count ``count`` task instances about to start; RunLimitError past ``max_tasks``."""
+        self.started += count
+        if self.started > self.max_tasks:
+            raise self.trip(f"the run started more than {self.max_tasks} tasks (limits.max_tasks)"
+                            + (f"; the last was in {_chain(lineage)}" if len(lineage) > 1 else ""), task_id)
+
+    def enter(self, lineage: tuple[str, ...], task_id: str) -> None:
+        """Check that one more nested run fits under ``max_depth``; ``lineage`` ends with it."""
+        if len(lineage) - 1 > self.max_depth:
+            raise self.trip(f"workflows nested deeper than {self.max_depth} (limits.max_depth): "
+                            f"{_chain(lineage)}", task_id)
+
+    def trip(self, message: str, task_id: str) -> RunLimitError:
+        error = RunLimitError(message, task_id=task_id)
+        if self.tripped is None:
+            self.tripped = error
+            if self.halt is not None:
+                self.halt(error)
+        return error
+
+
+def _chain(names: tuple[str, ...], shown: int = 8) -> str:
+    """``a → b → c``; a long chain as its first and last few: depth is at most 64, but a line is short."""
+    if len(names) > shown:
+        half = shown // 2
+        names = (*names[:half], f"… {len(names) - shown} more …", *names[-half:])
+    return " → ".join(names)
 
 
 @dataclass(slots=True)
@@ -64,7 +119,8 @@ class RunState:
     plan: Plan
     inputs: dict[str, Any]
     calls: RunContext  # what its model calls share: events, budget, deadlines
-    depth: int = 0
+    tree: RunTree  # what every run of the top-level run shares: tasks started, bounds
+    lineage: tuple[str, ...]  # the workflows' names from the top-level run down to this one
     values: dict[NodeId, Any] = field(default_factory=dict)
     results: dict[NodeId, TaskResult] = field(default_factory=dict)
     stopped_rounds: dict[str, int] = field(default_factory=dict)  # repeat group -> last round to run

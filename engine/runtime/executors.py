@@ -4,7 +4,10 @@ An executor gets the node's variables and returns its output; ``for_each``
 is handled here too: the node's kind runs once per item, at most
 ``max_concurrency`` at a time, and the output is the list in item order.
 A prompt goes through the engine's model pipeline; a nested run (``workflow``,
-``plan``) through the ``Nested`` callable the scheduler gives.
+``plan``) through the ``Nested`` callable the scheduler gives. Every task
+instance is counted against the run tree's ``max_tasks`` before it starts (a
+``for_each`` counts its items, all at once), and a nested run is checked
+against ``max_depth`` before it starts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import anyio
 
 from engine.compiler.plan import Node, Plan, TaskSpec
-from engine.errors import FunctionError, TaskError
+from engine.errors import FunctionError, RunLimitError, TaskError
 from engine.events import PlanCreated
 from engine.model.client import ModelRequest, build_request
 from engine.resilience.call import Call
@@ -27,6 +30,7 @@ from engine.runtime.prompting import system_message
 from engine.runtime.results import RunResult, TaskResult
 
 Nested = Callable[[Plan, dict[str, Any]], Awaitable[RunResult]]  # a run inside this one, one level deeper
+PLANNED = "(planned)"  # the name a planned workflow goes by in a chain of nested runs, until it exists
 
 
 def execute(services: Services, state: RunState, node: Node, result: TaskResult, nested: Nested) -> Awaitable[Any]:
@@ -34,8 +38,10 @@ def execute(services: Services, state: RunState, node: Node, result: TaskResult,
     is awaited without an executor object or a coroutine of its own in between."""
     spec = node.task
     assert spec is not None
-    if spec.kind == "prompt" and spec.for_each is None:
-        return prompt(services, state, node, result, state.variables(node))
+    if spec.for_each is None:
+        state.tree.start(1, node.id, state.lineage)
+        if spec.kind == "prompt":
+            return prompt(services, state, node, result, state.variables(node))
     return _Executor(services, state, node, result, nested).run()
 
 
@@ -92,6 +98,7 @@ class _Executor:
         items = self.services.renderer.evaluate(spec.for_each, variables)
         if not isinstance(items, list | tuple):
             raise TaskError(f"for_each gave a {type(items).__name__}, not a list", task_id=self.node.id)
+        self.state.tree.start(len(items), self.node.id, self.state.lineage)  # before any: a runaway stops at once
         outputs: list[Any] = [None] * len(items)
         limiter = anyio.CapacityLimiter(spec.max_concurrency or max(len(items), 1))
 
@@ -133,17 +140,17 @@ class _Executor:
                                 attempt=self.result.attempts) from exc
 
     async def _workflow(self, variables: dict[str, Any]) -> Any:
-        self._check_depth()
         services = self.services
         # Reading and parsing the file (once per engine: the catalog keeps it) stays off the event loop.
         workflow = await anyio.to_thread.run_sync(services.load_workflow, self.spec.source, self.state.plan.base_dir)
         plan = services.compile(workflow)
+        self._check_depth(plan.name)
         arguments = self._arguments(self.spec.arguments or {}, variables)
         return await self._nested(plan, arguments, f"workflow {self.spec.source!r}")
 
     async def _plan(self, variables: dict[str, Any]) -> Any:
         """Ask the master planner for a workflow, announce it, run it as a nested run."""
-        self._check_depth()
+        self._check_depth(PLANNED)  # before the planner is paid for
         services, policies, node = self.services, self.node.policies, self.node
         assert policies is not None
         chain = policies.models or (services.planner_model,)
@@ -158,9 +165,8 @@ class _Executor:
                         attempts=planned.attempts)
         return await self._nested(services.compile(planned.workflow), {}, "the planned workflow")
 
-    def _check_depth(self) -> None:
-        if self.state.depth >= self.services.max_depth:
-            raise TaskError(f"workflows nested deeper than {self.services.max_depth}", task_id=self.node.id)
+    def _check_depth(self, name: str) -> None:
+        self.state.tree.enter((*self.state.lineage, name), self.node.id)
 
     async def _nested(self, plan: Plan, arguments: dict[str, Any], what: str) -> Any:
         """Run a workflow inside this run: same events, same budget, one level deeper."""
@@ -172,8 +178,17 @@ class _Executor:
         result.output_tokens += outcome.totals.output_tokens
         result.cost_usd += outcome.totals.cost_usd
         if outcome.status != "succeeded":
-            raise TaskError(f"{what} {outcome.status}: {outcome.error}", task_id=self.node.id)
+            raise self._nested_failure(outcome, what)
         return outcome.outputs
+
+    def _nested_failure(self, outcome: RunResult, what: str) -> TaskError:
+        """Why the nested run failed. A run-wide limit is said once, as it was first passed, not
+        wrapped again at every level it goes up through."""
+        tripped = self.state.tree.tripped
+        failed = outcome.tasks.get(outcome.failed_task) if outcome.failed_task is not None else None
+        if tripped is not None and failed is not None and failed.error_kind == RunLimitError.kind:
+            return RunLimitError(tripped.message, task_id=self.node.id)
+        return TaskError(f"{what} {outcome.status}: {outcome.error}", task_id=self.node.id)
 
     def _arguments(self, value: Any, variables: Mapping[str, Any]) -> Any:
         """Strings are templates (a lone ``{{ expression }}`` keeps its type); containers recurse."""

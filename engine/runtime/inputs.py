@@ -6,6 +6,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from engine.depth import value_too_deep
+from engine.dsl.source import MAX_DOCUMENT_DEPTH, TOO_DEEP
 from engine.errors import InputError
 from engine.suggest import did_you_mean
 
@@ -32,6 +34,9 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
         else:
             about = f": {schema['description']}" if "description" in schema else ""
             problems.append(f"missing input {name!r}{about}")
+            continue
+        if value_too_deep(values[name], MAX_DOCUMENT_DEPTH):  # jsonschema would recurse into every level
+            problems.append(f"input {name!r}: {TOO_DEEP}")
             continue
         error = next(iter(Draft202012Validator(dict(schema)).iter_errors(values[name])), None)
         if error is not None:

@@ -6,9 +6,11 @@ goes on with the first child it makes ready, so a chain runs in one task. A
 node that may not run is skipped: its repeated stage already ended, every
 value it reads was skipped, or its ``when`` is false. A failed critical node
 cancels everything still running and fails the run; a failed non-critical
-node outputs null and the run goes on. Cancelling the caller cancels every
-branch. The run's per-attempt deadlines are watched by one task beside the
-nodes (``resilience.timeout.Deadlines``).
+node outputs null and the run goes on. A run-wide limit passed (too many
+tasks, too deep), here or in a nested run, fails the top-level run at once,
+whatever the node's ``critical``. Cancelling the caller cancels every branch.
+The run's per-attempt deadlines are watched by one task beside the nodes
+(``resilience.timeout.Deadlines``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import anyio.abc
 import anyio.lowlevel
 
 from engine.compiler.plan import Node, NodeId, Plan
-from engine.errors import OrchestrionError, TaskError
+from engine.errors import OrchestrionError, RunLimitError, TaskError
 from engine.events import Emitter, RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.resilience.budget import Budget
 from engine.resilience.call import RunContext
 from engine.resilience.timeout import Deadlines
 from engine.runtime.bus import EventBus
-from engine.runtime.context import RunState, Services
+from engine.runtime.context import RunState, RunTree, Services
 from engine.runtime.executors import execute
 from engine.runtime.logs import logger
 from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
@@ -37,14 +39,22 @@ from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
 
 async def run_plan(
     services: Services, plan: Plan, inputs: dict[str, Any], *, bus: EventBus,
-    budget: Budget | None = None, depth: int = 0, run_id: str | None = None,
+    budget: Budget | None = None, tree: RunTree | None = None, lineage: tuple[str, ...] = (),
+    run_id: str | None = None,
 ) -> RunResult:
-    """Run a compiled plan with validated inputs; never raises for a task's failure."""
+    """Run a compiled plan with validated inputs; never raises for a task's failure. A nested run
+    gets its parent's ``budget`` and ``tree`` and the names of the runs above it (``lineage``);
+    a top-level run makes them from its plan's limits."""
     run_id = run_id or uuid.uuid4().hex
     emit = Emitter(run_id, bus.emit if bus.active else None, services.scrub)
     calls = RunContext(emit, budget or Budget(plan.limits.max_cost_usd),
                        Deadlines() if plan.has_timeouts else None, services.stream_tokens)
-    return await _Scheduler(services, RunState(run_id, plan, inputs, calls, depth), bus).run()
+    top_level = tree is None
+    tree = tree or RunTree.for_plan(plan, services)
+    scheduler = _Scheduler(services, RunState(run_id, plan, inputs, calls, tree, (*lineage, plan.name)), bus)
+    if top_level:
+        tree.halt = scheduler.halt
+    return await scheduler.run()
 
 
 class _Scheduler:
@@ -192,13 +202,15 @@ class _Scheduler:
                         cost_usd=result.cost_usd, latency_s=ended - (result.started_at or ended))
 
     async def _nested(self, plan: Plan, inputs: dict[str, Any]) -> RunResult:
-        """A workflow run inside this one: the same events and budget, one level deeper."""
-        return await run_plan(self.services, plan, inputs, bus=self.bus, budget=self.state.calls.budget,
-                              depth=self.state.depth + 1)
+        """A workflow run inside this one: the same events, budget and bounds, one level deeper."""
+        state = self.state
+        return await run_plan(self.services, plan, inputs, bus=self.bus, budget=state.calls.budget,
+                              tree=state.tree, lineage=state.lineage)
 
     def _fail(self, node: Node, result: TaskResult, error: BaseException) -> None:
         # A refused reservation fails its task like any error: a `critical: false` task gives null.
-        fatal = node.policies.critical if node.policies is not None else True
+        # A run-wide limit does not: the run must stop, not go on starting what will be refused.
+        fatal = node.policies is None or node.policies.critical or isinstance(error, RunLimitError)
         result.status, result.ended_at = "failed", time.time()
         result.error, result.error_kind = self.services.scrub.text(_describe(error)), getattr(error, "kind", "unknown")
         self.state.values[node.id] = None
@@ -206,9 +218,17 @@ class _Scheduler:
                         error_kind=result.error_kind, error=result.error, critical=fatal)
         logger().warning("orchestrion task failed", orchestrion_run_id=self.state.run_id,
                          orchestrion_task_id=node.id, error_kind=result.error_kind, critical=fatal)
-        if fatal and self.failure is None:
+        if fatal and (self.failure is None or self.failure is error):  # a run-wide limit may have come first
             self.failure, self.failed_node = error, node.id
             assert self.group is not None
+            self.group.cancel_scope.cancel()
+
+    def halt(self, error: RunLimitError) -> None:
+        """A run-wide limit was passed somewhere below: this top-level run fails with it, at once,
+        and every branch of it, nested runs included, is cancelled."""
+        if self.failure is None:
+            self.failure = error
+        if self.group is not None:
             self.group.cancel_scope.cancel()
 
     def _outputs(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ Each request takes the next fault from ``faults`` (a list consumed in order, the
     cut        a stream that stops mid-way, without its end marker
     nostream   the answer as plain JSON even when a stream was asked for (a server that ignores it)
     401echo    bad key, and the error repeats the request's Authorization header (some proxies do)
+    deep       200 with valid JSON nested 100,000 deep (json.loads would raise RecursionError)
     huge       200 with a valid answer of 40 MB (JSON), or one 2 MB event line (SSE): past the client's bounds
 """
 
@@ -148,6 +149,9 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _malformed(self, body: dict[str, Any]) -> None:
             self._send(200, b'{"choices": [ {"message": ')
+
+        def _deep(self, body: dict[str, Any]) -> None:
+            self._send(200, b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
 
         def _huge(self, body: dict[str, Any]) -> None:
             text = "x" * (40 * 1024 * 1024)

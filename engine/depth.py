@@ -1,0 +1,50 @@
+"""How deep a JSON text or a Python value nests, found without recursing.
+
+``json``, ruamel's composer, pydantic and jsonschema all recurse once or more
+per level of nesting, so untrusted text (workflow files, inputs, model answers,
+provider bodies) is measured here first, in a loop, and refused past a limit
+instead of ending in RecursionError.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# A JSON string (skipped whole, even unterminated, so the scan stays linear) or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*"?|[\[{]|[\]}]', re.DOTALL)
+
+
+def json_too_deep_at(text: str, limit: int) -> int | None:
+    """The offset of the first ``[`` or ``{`` of JSON ``text`` nested deeper than ``limit``, or None."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                return token.start()
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return None
+
+
+def value_too_deep(value: Any, limit: int, max_nodes: int = 1_000_000) -> bool:
+    """Whether dicts and lists nest deeper than ``limit`` in ``value`` (walked at most ``max_nodes``
+    values: a list shared in many places counts each time, and a cycle would never end)."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    for _ in range(max_nodes):
+        if not pending:
+            return False
+        item, depth = pending.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return True  # too many values to tell: as unsafe to recurse into as a deep one

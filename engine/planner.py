@@ -12,7 +12,6 @@ count, estimated cost, and no ``plan:`` tasks inside a plan (depth 1).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,16 +126,15 @@ def to_document(answer: Mapping[str, Any], request: str) -> dict[str, Any]:
     return document
 
 
-def dump_yaml(document: Mapping[str, Any], schema_path: str = "../schemas/workflow.schema.json") -> str:
-    """A planned workflow as a YAML file that can be read, edited and checked in."""
-    from ruamel.yaml import YAML
+def dump_yaml(document: Mapping[str, Any], schema_link: str | None = None) -> str:
+    """A planned workflow as a YAML file that can be read, edited and checked in, in the form
+    ``orchestrion fmt`` gives; ``schema_link`` is where its schema is (``engine.schema.schema_link``:
+    by default the installed schema's absolute path)."""
+    from engine.dsl.fmt import dump_workflow
+    from engine.schema import schema_link as link_for
 
-    yaml = YAML()
-    yaml.width = 100
-    stream = io.StringIO()
-    stream.write(f"# yaml-language-server: $schema={schema_path}\n")
-    yaml.dump(json.loads(json.dumps(document)), stream)  # plain types only
-    return stream.getvalue()
+    plain = json.loads(json.dumps(document))  # plain types only, and a copy to reorder
+    return dump_workflow(plain, schema_link if schema_link is not None else link_for(None))
 
 
 Ask = Callable[[ModelRequest], Awaitable[Any]]  # a model call: the answer's text, or its parsed JSON

@@ -15,11 +15,17 @@ jsonschema would otherwise disagree with pydantic or give vague errors:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+from engine.catalog import builtin_dir
 from engine.dsl.models import KIND_FIELDS, TASK_KINDS, Workflow
 
-SCHEMA_ID = "https://orchestrion.dev/schemas/workflow.schema.json"
+# Stable per DSL version: a file declaring `dsl: orchestrion/v1` validates against this schema
+# whatever the release. The same file ships in the package (``installed_schema``).
+SCHEMA_ID = "https://orchestrion.dev/schemas/v1/workflow.schema.json"
+SCHEMA_FILE = "workflow.schema.json"
 META_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -38,6 +44,27 @@ def workflow_json_schema() -> dict[str, Any]:
     }
     _drop_null_defaults(schema)
     return {"$schema": META_SCHEMA, "$id": SCHEMA_ID, **schema}
+
+
+def installed_schema() -> Path | None:
+    """The schema file shipped with this installation (in a source checkout, ``schemas/``)."""
+    folder = builtin_dir("schemas")
+    return folder / SCHEMA_FILE if folder is not None and (folder / SCHEMA_FILE).is_file() else None
+
+
+def schema_link(document: Path | None) -> str:
+    """What a workflow written to ``document`` names as its schema, so that an editor finds it: the
+    installed schema relative to the document's folder, or absolute when written elsewhere (stdout,
+    another drive), or the ``$id`` when no schema is installed."""
+    schema = installed_schema()
+    if schema is None:
+        return SCHEMA_ID
+    if document is None:
+        return schema.as_posix()
+    try:
+        return Path(os.path.relpath(schema, document.resolve().parent)).as_posix()
+    except ValueError:  # another drive, on Windows
+        return schema.as_posix()
 
 
 def _stage_items(stage: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ def test_validate_reports_all_problems_of_all_files(write, capsys) -> None:
     assert out[0] == f"{bad}:7:16: stages[0].tasks[0].model: unknown model 'fastai'"
     assert out[2] == f"{bad}:8:17: stages[0].tasks[0].prompt: unknown name 'b': no input or task of the workflow has it"
     assert out[4].startswith(f"{broken}:3:1: ")
-    assert out[-1] == "2 of 3 files have problems"
+    assert out[-1] == "2 of 3 workflows have problems"
 
 
 def test_catalog_options_extend_what_is_known(write, tmp_path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""The ``orchestrion`` command: validate, graph, run and plan workflows; list addons and models."""
+"""The ``orchestrion`` command: validate, format, graph, run and plan workflows; list addons and models."""
 
 from __future__ import annotations
 
@@ -62,11 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrion", description="Declarative LLM workflows.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_CommandParser)
 
-    validate = commands.add_parser("validate", help="check workflow files; exit 1 if any has a problem")
-    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    validate.add_argument("-v", "--verbose", action="store_true", help="also report the files that are valid")
-    add_options(validate, *_CHECK_OPTIONS)
-    validate.set_defaults(handler=_validate)
+    from engine.cli import fmt, models, plan, run, validate
+
+    validate.add_parser(commands, _CHECK_OPTIONS)
+    fmt.add_parser(commands)
 
     graph = commands.add_parser("graph", help="print a workflow's task graph")
     graph.add_argument("file", type=Path, metavar="FILE")
@@ -74,13 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     add_options(graph, *_CHECK_OPTIONS)
     graph.set_defaults(handler=_graph)
 
-    from engine.cli import models, plan, run
-
     run.add_parser(commands)
     plan.add_parser(commands)
     models.add_parser(commands)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of workflow files")
+    schema.add_argument("--path", action="store_true",
+                        help="print where the installed schema file is instead (for editor settings)")
     schema.set_defaults(handler=_schema)
 
     addons = commands.add_parser("addons", help="list the prompt addons")
@@ -94,24 +93,6 @@ def _compile(path: Path, catalog: Catalog) -> Plan:
     from engine.dsl.loader import load_workflow
 
     return compile_workflow(load_workflow(path), catalog)
-
-
-def _validate(args: argparse.Namespace, out: TextIO) -> int:
-    catalog = build_catalog(args)
-    failed = 0
-    for path in args.files:
-        try:
-            plan = _compile(path, catalog)
-        except WorkflowError as exc:
-            failed += 1
-            for problem in exc.problems:
-                print(problem, file=out)
-            continue
-        if args.verbose:
-            print(f"{path}: ok ({len(plan.nodes)} nodes, {len(plan.edges)} edges)", file=out)
-    if failed and len(args.files) > 1:
-        print(f"{failed} of {len(args.files)} files have problems", file=out)
-    return EXIT_INVALID if failed else EXIT_OK
 
 
 def _graph(args: argparse.Namespace, out: TextIO) -> int:
@@ -128,8 +109,16 @@ def _graph(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _schema(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.schema import workflow_json_schema
+    from engine.schema import installed_schema, workflow_json_schema
 
+    if args.path:
+        installed = installed_schema()
+        if installed is None:
+            print("orchestrion: no schema file is installed; `orchestrion schema > FILE` writes one",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        print(installed, file=out)
+        return EXIT_OK
     out.write(json.dumps(workflow_json_schema(), indent=2, ensure_ascii=False) + "\n")
     return EXIT_OK
 

@@ -27,6 +27,7 @@ def plan_command(args: argparse.Namespace, out: TextIO) -> int:
     import anyio
 
     from engine.planner import dump_yaml
+    from engine.schema import schema_link
 
     outcome = anyio.run(_plan, build_engine(args), args.request, args.model)
     for number, attempt in enumerate(outcome.attempts, 1):
@@ -37,8 +38,7 @@ def plan_command(args: argparse.Namespace, out: TextIO) -> int:
     if outcome.document is None:
         print(f"orchestrion: no valid workflow after {len(outcome.attempts)} attempts", file=sys.stderr)
         return 1
-    schema = "../schemas/workflow.schema.json"
-    text = dump_yaml(outcome.document, schema)
+    text = dump_yaml(outcome.document, schema_link(args.output))
     if args.output is None:
         out.write(text)
     else:

@@ -73,6 +73,16 @@ def _format_yaml(text: str) -> str:
     return out.getvalue()
 
 
+def dump_workflow(document: dict[str, Any], schema_link: str) -> str:
+    """A workflow built in code (the planner's) as a file in the canonical form, with a first line
+    that tells YAML editors where its schema is."""
+    _order_workflow(document)
+    out = io.StringIO()
+    out.write(f"# yaml-language-server: $schema={schema_link}\n")
+    _yaml().dump(document, out)
+    return out.getvalue()
+
+
 def _check_workflow(document: Any) -> None:
     if not isinstance(document, MutableMapping):
         raise FormatError("the document is not a mapping")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,25 @@ def test_examples_run_from_any_directory(tmp_path) -> None:
         assert main(["validate", *(str(path) for path in WORKFLOWS)]) == 0
     finally:
         os.chdir(old)
+
+
+def test_readme_ci_jobs_use_commands_that_exist(tmp_path, monkeypatch, capsys) -> None:
+    """Every `orchestrion` command of the CI examples runs, on a folder holding the shipped examples."""
+    from ruamel.yaml import YAML
+
+    jobs = [YAML(typ="safe").load(block) for block in blocks("yaml") if "orchestrion validate ." in block]
+    assert len(jobs) == 2  # GitHub Actions and GitLab CI
+    lines = [line for block in blocks("yaml") if "orchestrion validate ." in block
+             for line in re.findall(r"(?:run:|- ) *(orchestrion [^\n]*)", block)]
+    assert {line.split()[1] for line in lines} == {"validate", "fmt"}
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        words = shlex.split(line.split(">")[0])
+        assert main(words[1:]) == 0, line
+    capsys.readouterr()
+
+
+def test_readme_json_blocks_parse() -> None:
+    documents = [json.loads(block) for block in blocks("json")]
+    assert any("fileMatch" in document for document in documents)

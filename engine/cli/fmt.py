@@ -1,8 +1,9 @@
 """``orchestrion fmt``: rewrite workflow files in the canonical key order and style.
 
 Files named are formatted; folders are searched for workflows as ``validate``
-searches them. ``--check`` writes nothing and exits 1 if a file would change
-(for CI and pre-commit).
+searches them (seed-format workflows found there are left as they are).
+``--check`` writes nothing and exits 1 if a file would change (for CI and
+pre-commit).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def add_parser(commands: Any) -> None:
 
 
 def fmt_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.dsl.fmt import FormatError, format_text
+    from engine.dsl.fmt import FormatError, NotInTheDslError, format_text
 
     changed = failed = 0
     for path, named in candidates(args.paths):
@@ -34,6 +35,12 @@ def fmt_command(args: argparse.Namespace, out: TextIO) -> int:
         try:
             text = path.read_text(encoding="utf-8")
             formatted = format_text(text, json_file=path.suffix == ".json")
+        except NotInTheDslError as error:
+            if not named:  # a seed-format workflow found in a folder: run as it is, never rewritten
+                continue
+            print(f"{path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         except (OSError, UnicodeDecodeError, FormatError) as error:
             print(f"{path}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
             failed += 1

@@ -31,6 +31,10 @@ class FormatError(ValueError):
     """The text is not a document fmt can rewrite (it does not parse, or is not a mapping)."""
 
 
+class NotInTheDslError(FormatError):
+    """The document is not written in the DSL (the seed format, or another kind of file)."""
+
+
 def format_text(text: str, *, json_file: bool) -> str:
     """The canonical form of a workflow document's text."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
@@ -87,7 +91,7 @@ def _check_workflow(document: Any) -> None:
     if not isinstance(document, MutableMapping):
         raise FormatError("the document is not a mapping")
     if "dsl" not in document:  # a seed-format document has another shape: its keys are not reordered
-        raise FormatError("not an orchestrion workflow (no `dsl:` key); fmt formats workflows in the DSL")
+        raise NotInTheDslError("not an orchestrion workflow (no `dsl:` key); fmt formats workflows in the DSL")
 
 
 def _order_workflow(workflow: MutableMapping[str, Any]) -> None:

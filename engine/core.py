@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,6 +29,7 @@ from engine.compiler import Plan, compile_workflow
 from engine.compiler.policies import ENGINE_RETRY, ENGINE_TIMEOUT
 from engine.dsl.loader import WorkflowSource, load_workflow
 from engine.dsl.models import DEFAULT_MAX_DEPTH, DEFAULT_MAX_TASKS, Workflow
+from engine.errors import StoreError
 from engine.events import Emitter, Event
 from engine.model.client import ModelClient, ModelRequest
 from engine.model.prices import Price
@@ -35,14 +37,20 @@ from engine.resilience.call import Call, RunContext, Sleep
 from engine.runtime.bus import EventBus, Listener, Subscription
 from engine.runtime.context import Ask, PlannedWorkflow, Services
 from engine.runtime.inputs import validate_inputs
+from engine.runtime.journal import Journal
 from engine.runtime.results import RunResult, TaskResult
+from engine.runtime.resume import load_resumable, new_journal, restorable
 from engine.runtime.scheduler import run_plan
+from engine.store import RunStore, TaskRecord
 from engine.templating import RenderLimits, TemplateRenderer
 
 if TYPE_CHECKING:
     from engine.chat import ChatReply, ChatSession
     from engine.config import EngineConfig
     from engine.planner import Planner, PlannerLimits, PlanOutcome
+
+
+_Start = Callable[[EventBus], Awaitable[RunResult]]  # a checked run, started on the bus it is given
 
 
 class Engine:
@@ -65,12 +73,14 @@ class Engine:
         planner_limits: PlannerLimits | None = None,
         max_tasks: int = DEFAULT_MAX_TASKS,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        store: RunStore | None = None,
     ) -> None:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
         With neither, every alias runs on the embedded local model (``orchestrion[local]``).
         ``max_tasks`` and ``max_depth`` bound a whole run, nested runs included, when the
-        workflow's ``limits:`` does not."""
+        workflow's ``limits:`` does not. ``store`` keeps runs, their results and model calls
+        (``engine.store``): a run is checkpointed as it goes and can be resumed (``resume``)."""
         from engine.assembly import clients_for, pipeline_for, prices as configured_prices, secrets
         from engine.config import EngineConfig
         from engine.planner import PlannerLimits
@@ -89,6 +99,7 @@ class Engine:
         self.prices = {**configured_prices(config), **(prices or {})}
         self.planner_limits = planner_limits or PlannerLimits()
         self.event_buffer = event_buffer
+        self.store = store
         self._listeners: list[Listener] = []
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
         self._breakers = Breakers(config.breaker)
@@ -204,9 +215,19 @@ class Engine:
     async def run(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
                   *, run_id: str | None = None) -> RunResult:
         """Run a workflow to the end. Invalid workflows and inputs raise before anything runs;
-        a failed run is a RunResult with ``status == "failed"`` (``raise_for_status()`` raises)."""
-        plan, values = await self._prepare(workflow, inputs)
-        return await run_plan(self._services, plan, values, bus=EventBus(self._listeners), run_id=run_id)
+        a failed run is a RunResult with ``status == "failed"`` (``raise_for_status()`` raises).
+        With a store, StoreError if the run cannot be recorded (before anything runs) or a result
+        cannot be saved (the run fails)."""
+        start = await self._prepare(workflow, inputs, run_id)
+        return await start(EventBus(self._listeners))
+
+    async def resume(self, run_id: str, *, force: bool = False) -> RunResult:
+        """Go on with a stored run whose process died or that was cancelled or failed: the tasks
+        that finished keep their results and are not run again (a model call in flight when it
+        stopped is made again). StoreError if there is no such run, it succeeded, it still runs
+        elsewhere, or its workflow file changed since (``force`` resumes with the file as it is)."""
+        start = await self._prepare_resume(run_id, force)
+        return await start(EventBus(self._listeners))
 
     @asynccontextmanager
     async def stream(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
@@ -216,14 +237,25 @@ class Engine:
         Leaving the block before the run ends cancels it. After the last event
         (``run_finished``), ``events.result`` holds the RunResult.
         """
-        plan, values = await self._prepare(workflow, inputs)
+        async with self._stream(await self._prepare(workflow, inputs), buffer) as events:
+            yield events
+
+    @asynccontextmanager
+    async def stream_resume(self, run_id: str, *, force: bool = False,
+                            buffer: int | None = None) -> AsyncIterator[RunEvents]:
+        """``resume``, with the events of the resumed run as ``stream`` gives them."""
+        async with self._stream(await self._prepare_resume(run_id, force), buffer) as events:
+            yield events
+
+    @asynccontextmanager
+    async def _stream(self, start: _Start, buffer: int | None) -> AsyncIterator[RunEvents]:
         bus = EventBus(self._listeners)
         subscription = bus.subscribe(buffer or self.event_buffer)
         events = RunEvents(subscription)
 
         async def drive() -> None:
             try:
-                events.result = await run_plan(self._services, plan, values, bus=bus)
+                events.result = await start(bus)
             finally:
                 subscription.close()
 
@@ -241,12 +273,41 @@ class Engine:
         """``run`` for code without an event loop."""
         return anyio.run(functools.partial(self.run, workflow, inputs), backend=backend)
 
-    async def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None
-                       ) -> tuple[Plan, dict[str, Any]]:
+    async def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None,
+                       run_id: str | None = None) -> _Start:
+        """A run, checked and ready to start on a bus: invalid workflows and inputs raise here."""
         if isinstance(workflow, str | Path):  # reading and parsing a file stays off the event loop
             workflow = await anyio.to_thread.run_sync(load_workflow, workflow)
-        plan = self.compile(workflow)
-        return plan, validate_inputs(plan.inputs, inputs)
+        loaded = load_workflow(workflow)
+        plan = self.compile(loaded)
+        values = validate_inputs(plan.inputs, inputs)
+        journal = await new_journal(self.store, loaded, plan, values, run_id) if self.store is not None else None
+        return _Prepared(self._services, plan, values, run_id, journal).start
+
+    async def _prepare_resume(self, run_id: str, force: bool) -> _Start:
+        if self.store is None:
+            raise StoreError("this engine has no run store: runs are not kept, so none can be resumed")
+        resumable = await load_resumable(self.store, run_id, force=force)
+        plan = self.compile(resumable.workflow)
+        values = validate_inputs(plan.inputs, resumable.inputs)
+        journal = Journal(self.store, resumable.stored.run)
+        return _Prepared(self._services, plan, values, run_id, journal, restorable(resumable.stored, plan)).start
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked run: started on the event bus ``start`` is given."""
+
+    services: Services
+    plan: Plan
+    values: dict[str, Any]
+    run_id: str | None
+    journal: Journal | None
+    restored: Mapping[str, TaskRecord] | None = None
+
+    async def start(self, bus: EventBus) -> RunResult:
+        return await run_plan(self.services, self.plan, self.values, bus=bus, run_id=self.run_id,
+                              journal=self.journal, restored=self.restored)
 
 
 class RunEvents:

@@ -10,6 +10,7 @@ Every error the engine raises on purpose derives from ``OrchestrionError``::
      ├── InputError             a run's inputs do not match the declared inputs
      ├── PlanningError          the master planner gave no valid workflow within its repairs
      ├── RunFailedError         ``RunResult.raise_for_status()`` on a run that did not succeed
+     ├── StoreError             the run store could not be read or written; a resume was refused
      ├── TemplateError          rendering a Jinja template or expression failed
      │    ├── TemplateSecurityError   the sandbox refused an operation
      │    └── TemplateLimitError      output size or work exceeded its cap
@@ -121,6 +122,11 @@ class PlanningError(OrchestrionError):
 
 class RunFailedError(OrchestrionError):
     """Raised by ``RunResult.raise_for_status()`` for a run that did not succeed."""
+
+
+class StoreError(OrchestrionError):
+    """The run store could not be read or written (down, full, locked too long), or a run cannot
+    be resumed (unknown, finished, or its workflow file changed)."""
 
 
 class TemplateError(OrchestrionError):

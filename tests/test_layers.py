@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"dsl", "templating", "routing"},
     {"addons", "catalog"},
     {"compiler", "schema", "graph"},
-    {"model"},
+    {"model", "store"},
     {"providers"},
     {"config"},
     {"resilience"},

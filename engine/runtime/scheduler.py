@@ -11,6 +11,11 @@ tasks, too deep), here or in a nested run, fails the top-level run at once,
 whatever the node's ``critical``. Cancelling the caller cancels every branch.
 The run's per-attempt deadlines are watched by one task beside the nodes
 (``resilience.timeout.Deadlines``).
+
+With a run store, a top-level run has a ``Journal``: the run is recorded before
+its first node, each node's result is committed before the nodes that read it
+start, and a resumed run restores the nodes that finished instead of running
+them again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from engine.compiler.plan import Node, NodeId, Plan
-from engine.errors import OrchestrionError, RunLimitError, TaskError
+from engine.errors import OrchestrionError, RunLimitError, StoreError, TaskError
 from engine.events import Emitter, RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.resilience.budget import Budget
 from engine.resilience.call import RunContext
@@ -33,35 +38,43 @@ from engine.resilience.timeout import Deadlines
 from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, RunTree, Services
 from engine.runtime.executors import execute
+from engine.runtime.journal import Journal, restore
 from engine.runtime.logs import logger
 from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
+from engine.store import TaskRecord
 
 
 async def run_plan(
     services: Services, plan: Plan, inputs: dict[str, Any], *, bus: EventBus,
     budget: Budget | None = None, tree: RunTree | None = None, lineage: tuple[str, ...] = (),
-    run_id: str | None = None,
+    run_id: str | None = None, journal: Journal | None = None, restored: Mapping[str, TaskRecord] | None = None,
 ) -> RunResult:
     """Run a compiled plan with validated inputs; never raises for a task's failure. A nested run
     gets its parent's ``budget`` and ``tree`` and the names of the runs above it (``lineage``);
-    a top-level run makes them from its plan's limits."""
-    run_id = run_id or uuid.uuid4().hex
+    a top-level run makes them from its plan's limits. A ``journal`` records the run in the store
+    (StoreError if the run cannot be recorded); ``restored`` are the nodes a resumed run finished
+    before, by node id, which are not run again."""
+    run_id = journal.run_id if journal is not None else run_id or uuid.uuid4().hex
     emit = Emitter(run_id, bus.emit if bus.active else None, services.scrub)
     calls = RunContext(emit, budget or Budget(plan.limits.max_cost_usd),
                        Deadlines() if plan.has_timeouts else None, services.stream_tokens)
     top_level = tree is None
     tree = tree or RunTree.for_plan(plan, services)
-    scheduler = _Scheduler(services, RunState(run_id, plan, inputs, calls, tree, (*lineage, plan.name)), bus)
+    scheduler = _Scheduler(services, RunState(run_id, plan, inputs, calls, tree, (*lineage, plan.name)), bus,
+                           journal, restored or {})
     if top_level:
         tree.halt = scheduler.halt
     return await scheduler.run()
 
 
 class _Scheduler:
-    def __init__(self, services: Services, state: RunState, bus: EventBus) -> None:
+    def __init__(self, services: Services, state: RunState, bus: EventBus, journal: Journal | None,
+                 restored: Mapping[str, TaskRecord]) -> None:
         self.services = services
         self.state = state
         self.bus = bus
+        self.journal = journal
+        self.restored = restored
         self.plan = state.plan
         self.waiting = {node_id: len(node.depends_on) for node_id, node in self.plan.nodes.items()}
         self.state.results = {node_id: TaskResult(node_id) for node_id in self.plan.nodes}
@@ -73,6 +86,8 @@ class _Scheduler:
 
     async def run(self) -> RunResult:
         state, started = self.state, time.time()
+        if self.journal is not None:  # recorded before anything runs: an accepted run is never lost
+            await self.journal.start(resumed=bool(self.restored))
         state.emit(RunStarted, workflow=self.plan.name, inputs=state.inputs, nodes=len(self.plan.nodes))
         status: RunStatus = "succeeded"
         try:
@@ -81,20 +96,27 @@ class _Scheduler:
         except TimeoutError:
             status, self.failure = "failed", TimeoutError(f"the run took longer than {self.plan.limits.timeout} s")
         except anyio.get_cancelled_exc_class():
-            self._finish("cancelled", started)
+            cancelled = self._finish("cancelled", started)
+            if self.journal is not None:
+                await self.journal.finish(cancelled)  # shielded: the store says how the run ended
             raise
         if self.failure is not None:
             status = "failed"
         outputs = self._outputs() if status == "succeeded" else {}
         if status == "succeeded" and self.failure is not None:
             status = "failed"  # an output failed to render
-        return self._finish(status, started, outputs)
+        result = self._finish(status, started, outputs)
+        if self.journal is not None:
+            await self.journal.finish(result)
+        return result
 
     async def _run_nodes(self) -> None:
         deadlines = self.state.calls.deadlines
         async with anyio.create_task_group() as outer:
             if deadlines is not None:
                 outer.start_soon(deadlines.watch)
+            if self.journal is not None:
+                outer.start_soon(self.journal.heartbeat)
             async with anyio.create_task_group() as group:
                 self.group = group
                 for node_id, count in self.waiting.items():
@@ -108,7 +130,9 @@ class _Scheduler:
         results = self.state.results
         while node is not None:
             result = results[node.id]
-            if self._should_execute(node, result):
+            if node.id in self.restored:
+                self._restore(node, result)
+            elif self._should_execute(node, result):
                 self._started(node, result)
                 try:
                     if self.limiter is None:
@@ -123,9 +147,27 @@ class _Scheduler:
                     self._fail(node, result, error)
                 else:
                     self._succeeded(node, result, output)
+                if self.journal is not None and (self.failure is None or self.failed_node == node.id):
+                    await self._checkpoint(node, result)  # the critical failure too: `runs show` tells it
             node = self._release(node) if self.failure is None else None
             if node is not None:
                 await anyio.lowlevel.checkpoint_if_cancelled()  # a long chain stays cancellable
+
+    async def _checkpoint(self, node: Node, result: TaskResult) -> None:
+        """The result is committed before the nodes that read it start; a failed write fails the run."""
+        assert self.journal is not None
+        try:
+            await self.journal.checkpoint(result)
+        except StoreError as error:
+            if self.failure is None:
+                self.failure, self.failed_node = error, node.id
+            assert self.group is not None
+            self.group.cancel_scope.cancel()
+
+    def _restore(self, node: Node, result: TaskResult) -> None:
+        """A node the run finished before it was resumed: its stored result, without running it."""
+        restore(result, self.restored[node.id])
+        self.state.values[node.id] = result.output if result.status == "succeeded" else None
 
     def _should_execute(self, node: Node, result: TaskResult) -> bool:
         """False for a node settled here: skipped, failed to evaluate `when`, or an `until` check."""

@@ -1,0 +1,131 @@
+"""A top-level run's journal in the run store: recorded before it starts, checkpointed as it goes.
+
+The scheduler awaits ``checkpoint`` after a node settles and before it releases
+the nodes that read it, so a result is committed before anything that depends
+on it starts: a resume can trust every stored result (SERVICE.md: "a result,
+then what depends on it"). The results of one scheduler tick share one
+transaction: the first node to arrive writes, after one checkpoint of the event
+loop, for every node that joined it meanwhile. A write that fails raises
+StoreError in every node that waited for it: the run fails loudly. Writes are
+shielded from cancellation, so a cancelled run leaves whole rows behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from engine.errors import OrchestrionError, StoreError
+from engine.runtime.results import RunResult, TaskResult
+from engine.store import RunRecord, RunStore, TaskRecord
+
+HEARTBEAT_SECONDS = 15.0  # a run whose heartbeat is 4 beats old is taken for dead (``STALE_SECONDS``)
+STALE_SECONDS = 4 * HEARTBEAT_SECONDS
+
+
+class _Batch:
+    __slots__ = ("done", "error", "records", "writing")
+
+    def __init__(self) -> None:
+        self.records: list[TaskRecord] = []
+        self.writing = False
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class Journal:
+    """What one top-level run writes to the store."""
+
+    def __init__(self, store: RunStore, record: RunRecord) -> None:
+        self.store = store
+        self.record = record
+        self._batch = _Batch()
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    async def start(self, *, resumed: bool = False) -> None:
+        """Record the run (or mark a resumed one running again) before its first task."""
+        record = dataclasses.replace(self.record, status="running", heartbeat_at=time.time(), owner=_owner(),
+                                     ended_at=None, error=None)
+        with anyio.CancelScope(shield=True):
+            await _written(self.store.finish_run(record) if resumed else self.store.create_run(record),
+                           "record the run")
+        self.record = record
+
+    async def checkpoint(self, result: TaskResult) -> None:
+        """Commit a settled node's result; returns once it is committed (with its tick's others)."""
+        batch = self._batch
+        batch.records.append(task_record(self.run_id, result))
+        if batch.writing:
+            await batch.done.wait()
+        else:
+            batch.writing = True
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # the nodes settling in this tick join the batch
+            self._batch = _Batch()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await _written(self.store.save_tasks(batch.records), "save task results")
+                except StoreError as error:
+                    batch.error = error
+                    raise
+                finally:
+                    batch.done.set()
+        if batch.error is not None:
+            raise StoreError(str(batch.error))
+
+    async def heartbeat(self) -> None:
+        """Beat until cancelled, so a sweep can tell this run from one whose process died."""
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            await _written(self.store.heartbeat([self.run_id], time.time()), "beat the run's heartbeat")
+
+    async def finish(self, result: RunResult) -> None:
+        totals = result.totals
+        record = dataclasses.replace(
+            self.record, status=result.status, ended_at=result.ended_at, outputs=result.outputs,
+            error=result.error, input_tokens=totals.input_tokens, output_tokens=totals.output_tokens,
+            cost_usd=totals.cost_usd)
+        with anyio.CancelScope(shield=True):
+            await _written(self.store.finish_run(record), "record the run's end")
+            await _written(self.store.flush(), "flush the run's records")
+        self.record = record
+
+
+def task_record(run_id: str, result: TaskResult) -> TaskRecord:
+    return TaskRecord(run_id, result.task_id, result.status, result.output, result.model, result.attempts,
+                      result.input_tokens, result.output_tokens, result.cost_usd, result.started_at,
+                      result.ended_at, result.error, result.error_kind)
+
+
+def restore(result: TaskResult, record: TaskRecord) -> None:
+    """A node's result as a run before the resume left it."""
+    for field in ("status", "output", "model", "attempts", "input_tokens", "output_tokens", "cost_usd",
+                  "started_at", "ended_at", "error", "error_kind"):
+        setattr(result, field, getattr(record, field))
+
+
+def run_record(run_id: str, workflow: str, document: Mapping[str, Any], inputs: Mapping[str, Any],
+               *, source: str | None = None, digest: str | None = None) -> RunRecord:
+    return RunRecord(run_id, workflow, dict(document), dict(inputs), time.time(), source, digest)
+
+
+async def _written(write: Any, what: str) -> None:
+    try:
+        await write
+    except OrchestrionError:
+        raise
+    except Exception as error:  # the store's own errors are StoreError; anything else is one too
+        raise StoreError(f"the run store could not {what}: {type(error).__name__}: {error}") from error
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,96 @@
+"""A run store in the process: the contract of ``base.RunStore`` without a database.
+
+For tests, and for embedded users who want stats and the response cache for
+the life of the engine. Nothing survives the process, so a resume works only
+within it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.runs: dict[str, RunRecord] = {}
+        self.tasks: dict[str, dict[str, TaskRecord]] = {}
+        self.attempts: list[AttemptRecord] = []
+        self.cache: dict[str, CacheEntry] = {}
+
+    async def create_run(self, run: RunRecord) -> None:
+        self.runs[run.run_id] = run
+        self.tasks.setdefault(run.run_id, {})
+
+    async def save_task(self, task: TaskRecord) -> None:
+        self.tasks.setdefault(task.run_id, {})[task.task_id] = task
+
+    async def save_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+        for task in tasks:
+            await self.save_task(task)
+
+    async def finish_run(self, run: RunRecord) -> None:
+        self.runs[run.run_id] = run
+
+    async def heartbeat(self, run_ids: Sequence[str], now: float) -> None:
+        for run_id in run_ids:
+            if run_id in self.runs:
+                self.runs[run_id] = dataclasses.replace(self.runs[run_id], heartbeat_at=now)
+
+    async def mark_interrupted(self, older_than: float) -> list[str]:
+        stale = [run.run_id for run in self.runs.values()
+                 if run.status == "running" and (run.heartbeat_at or run.started_at) < older_than]
+        for run_id in stale:
+            self.runs[run_id] = dataclasses.replace(self.runs[run_id], status="interrupted")
+        return stale
+
+    async def record_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
+        self.attempts.extend(attempts)
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        attempts = [attempt for attempt in self.attempts if attempt.run_id == run_id]
+        return StoredRun(run, dict(self.tasks.get(run_id, {})), attempts)
+
+    async def list_runs(self, limit: int = 20, workflow: str | None = None,
+                        status: StoredRunStatus | None = None) -> list[RunRecord]:
+        chosen = [run for run in self.runs.values()
+                  if (workflow is None or run.workflow == workflow) and (status is None or run.status == status)]
+        return sorted(chosen, key=lambda run: run.started_at, reverse=True)[:limit]
+
+    async def attempts_since(self, since: float, workflow: str | None = None) -> list[AttemptRecord]:
+        return [attempt for attempt in self.attempts
+                if attempt.started_at >= since and (workflow is None or attempt.workflow == workflow)]
+
+    async def prune(self, older_than: float) -> int:
+        old = {run.run_id for run in self.runs.values()
+               if run.status != "running" and run.ended_at is not None and run.ended_at < older_than}
+        for run_id in old:
+            del self.runs[run_id]
+            self.tasks.pop(run_id, None)
+        self.attempts = [attempt for attempt in self.attempts if attempt.run_id not in old]
+        return len(old)
+
+    async def cache_get(self, key: str, now: float) -> CacheEntry | None:
+        entry = self.cache.get(key)
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= now):
+            return None
+        return entry
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        self.cache[entry.key] = entry
+
+    async def cache_clear(self) -> int:
+        count = len(self.cache)
+        self.cache.clear()
+        return count
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "TemplateSecurityError": "engine.errors",
     "WorkflowError": "engine.errors",
     "BreakerStateChanged": "engine.events",
+    "CacheHit": "engine.events",
     "Event": "engine.events",
     "EventsDropped": "engine.events",
     "GateApplied": "engine.events",
@@ -97,6 +98,7 @@ __all__ = [
     "Addon",
     "BreakerStateChanged",
     "BudgetExceededError",
+    "CacheHit",
     "Catalog",
     "CatalogError",
     "ChatReply",
@@ -243,6 +245,7 @@ if TYPE_CHECKING:  # what type checkers and editors see ("X as X": an explicit r
     )
     from engine.events import (
         BreakerStateChanged as BreakerStateChanged,
+        CacheHit as CacheHit,
         Event as Event,
         EventsDropped as EventsDropped,
         GateApplied as GateApplied,

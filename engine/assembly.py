@@ -14,6 +14,7 @@ from engine.model.client import ModelClient
 from engine.model.prices import Price
 from engine.providers import build_provider
 from engine.resilience.breaker import Breakers
+from engine.resilience.cache import model_target
 from engine.resilience.call import Sleep
 from engine.resilience.gates import Gatekeeper
 from engine.resilience.pipeline import ModelPipeline, PipelineParts, build_pipeline
@@ -21,6 +22,7 @@ from engine.resilience.provider import Clients
 from engine.resilience.ratelimit import RateLimiter
 from engine.resilience.slots import Slot
 from engine.secrets import Scrubber
+from engine.store.base import RunStore
 
 Routes = dict[str, tuple[str, str]]  # alias -> (provider name, the provider's model name)
 
@@ -30,21 +32,29 @@ def clients_for(config: EngineConfig, models: ModelClient | Mapping[str, ModelCl
     every alias, or one per alias)."""
     aliases = set(DEFAULT_MODEL_ALIASES) | set(config.models)
     if isinstance(models, Mapping):
-        return Clients({**build_clients(config, aliases), **models})
+        return Clients({**build_clients(config, aliases), **models}, targets=model_targets(config, aliases, models))
     if models is not None:
         return Clients({}, default=models)
-    return Clients(build_clients(config, aliases))
+    return Clients(build_clients(config, aliases), targets=model_targets(config, aliases))
+
+
+def model_targets(config: EngineConfig, aliases: set[str], given: Mapping[str, ModelClient] | None = None
+                  ) -> dict[str, str]:
+    """alias -> the model that answers it, for the response cache's key; aliases ``given`` a client
+    directly are left out (their client does not answer as the configuration says)."""
+    return {alias: model_target(config.providers[name], model, alias)
+            for alias, (name, model) in provider_routes(config, aliases).items() if alias not in (given or {})}
 
 
 def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, prices: Mapping[str, Price],
-                 model_concurrency: Mapping[str, int], sleep: Sleep) -> ModelPipeline:
+                 model_concurrency: Mapping[str, int], sleep: Sleep, store: RunStore | None = None) -> ModelPipeline:
     windows = {alias: model.context_window for alias, model in config.models.items()}
     routes = provider_routes(config, set(DEFAULT_MODEL_ALIASES))
     return build_pipeline(PipelineParts(
         clients=clients, prices=prices, breakers=breakers, gatekeeper=Gatekeeper(config.gates, windows),
         tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
         rate_limiters=rate_limiters(config, routes), slots=slots(config, routes, model_concurrency),
-        retry=config.retry, sleep=sleep,
+        retry=config.retry, sleep=sleep, store=store,
     ))
 
 

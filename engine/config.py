@@ -96,6 +96,13 @@ class BreakerConfig(StrictModel):
     storage: str | None = Field(None, description="`redis://host:port/db` to share breaker state across processes.")
 
 
+class StoreConfig(StrictModel):
+    """Where runs, results, model calls and cached answers are kept."""
+
+    url: str | None = Field(None, description="A database URL: `sqlite+aiosqlite:///path/runs.db` or "
+                            "`postgresql+asyncpg://user@host/db`. Absent: a SQLite file in the user's data folder.")
+
+
 class EngineConfig(StrictModel):
     """An engine's providers, model aliases, gates and resilience settings."""
 
@@ -106,6 +113,8 @@ class EngineConfig(StrictModel):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry rules.")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker rules.")
     model_concurrency: dict[str, int] = Field(default_factory=dict, description="Calls at once per alias.")
+    store: StoreConfig | None = Field(None, description="The run store for `orchestrion` commands (absent: a SQLite "
+                                      "file in the user's data folder; null: keep nothing). Engine(store=...) in code.")
 
     @model_validator(mode="after")
     def _names_exist(self) -> EngineConfig:

@@ -14,6 +14,7 @@ anything runs.
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -37,11 +38,12 @@ from engine.resilience.call import Call, RunContext, Sleep
 from engine.runtime.bus import EventBus, Listener, Subscription
 from engine.runtime.context import Ask, PlannedWorkflow, Services
 from engine.runtime.inputs import validate_inputs
-from engine.runtime.journal import Journal
+from engine.runtime.journal import STALE_SECONDS, Journal
 from engine.runtime.results import RunResult, TaskResult
 from engine.runtime.resume import load_resumable, new_journal, restorable
 from engine.runtime.scheduler import run_plan
 from engine.store import RunStore, TaskRecord
+from engine.store.stats import Stats, summarize
 from engine.templating import RenderLimits, TemplateRenderer
 
 if TYPE_CHECKING:
@@ -73,14 +75,16 @@ class Engine:
         planner_limits: PlannerLimits | None = None,
         max_tasks: int = DEFAULT_MAX_TASKS,
         max_depth: int = DEFAULT_MAX_DEPTH,
-        store: RunStore | None = None,
+        store: RunStore | str | None = None,
     ) -> None:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
         With neither, every alias runs on the embedded local model (``orchestrion[local]``).
         ``max_tasks`` and ``max_depth`` bound a whole run, nested runs included, when the
         workflow's ``limits:`` does not. ``store`` keeps runs, their results and model calls
-        (``engine.store``): a run is checkpointed as it goes and can be resumed (``resume``)."""
+        (``engine.store``): a RunStore, or a URL opened on first use (``sqlite+aiosqlite:///runs.db``,
+        ``postgresql+asyncpg://...``, ``""`` for the default file); a run is checkpointed as it goes
+        and can be resumed (``resume``)."""
         from engine.assembly import clients_for, pipeline_for, prices as configured_prices, secrets
         from engine.config import EngineConfig
         from engine.planner import PlannerLimits
@@ -99,14 +103,16 @@ class Engine:
         self.prices = {**configured_prices(config), **(prices or {})}
         self.planner_limits = planner_limits or PlannerLimits()
         self.event_buffer = event_buffer
-        self.store = store
+        self.store: RunStore | None = store if not isinstance(store, str) else None
+        self._store_url = store if isinstance(store, str) else None  # opened on first use, closed by aclose
+        self._owns_store = False
         self._listeners: list[Listener] = []
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
         self._breakers = Breakers(config.breaker)
         self._sessions: dict[str, ChatSession] = {}
         self._pipeline = pipeline_for(config, self._clients, self._breakers, prices=self.prices,
                                       model_concurrency={**config.model_concurrency, **(model_concurrency or {})},
-                                      sleep=sleep)
+                                      sleep=sleep, store=self.store)
         self._services = Services(
             pipeline=self._pipeline, functions=self.functions,
             renderer=TemplateRenderer(render_limits or RenderLimits()), catalog=self.catalog,
@@ -184,11 +190,14 @@ class Engine:
         return {"breakers": self._breakers.health()}
 
     async def aclose(self) -> None:
-        """Close the providers' HTTP connections."""
+        """Close the providers' HTTP connections, and the run store if the engine opened it."""
         for client in self._clients.all():
             close = getattr(client, "aclose", None)
             if close is not None:
                 await close()
+        if self.store is not None and self._owns_store:
+            await self.store.aclose()
+            self.store = None
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every event of every run (it must not block)."""
@@ -281,16 +290,39 @@ class Engine:
         loaded = load_workflow(workflow)
         plan = self.compile(loaded)
         values = validate_inputs(plan.inputs, inputs)
-        journal = await new_journal(self.store, loaded, plan, values, run_id) if self.store is not None else None
+        store = await self._opened_store()
+        journal = await new_journal(store, loaded, plan, values, run_id) if store is not None else None
         return _Prepared(self._services, plan, values, run_id, journal).start
 
+    async def stats(self, *, since: float = 0.0, workflow: str | None = None) -> Stats:
+        """Model calls since ``since`` (a time.time()), per model and per workflow: calls, failures by
+        kind, retries, cache hits, tokens, cost, latency percentiles. StoreError without a store."""
+        store = await self._required_store("keeps no model calls")
+        return summarize(await store.attempts_since(since, workflow), since)
+
+    async def _required_store(self, why: str) -> RunStore:
+        store = await self._opened_store()
+        if store is None:
+            raise StoreError(f"this engine has no run store, so it {why}: give Engine(store=...)")
+        return store
+
+    async def _opened_store(self) -> RunStore | None:
+        """The store, opened (and swept for runs whose process died) the first time it is needed."""
+        if self.store is None and self._store_url is not None:
+            from engine.store import open_store
+
+            store = await open_store(self._store_url or None)
+            await store.mark_interrupted(time.time() - STALE_SECONDS)
+            self.store, self._owns_store = store, True
+            self._pipeline.cache.store = store  # cached answers go where the runs go
+        return self.store
+
     async def _prepare_resume(self, run_id: str, force: bool) -> _Start:
-        if self.store is None:
-            raise StoreError("this engine has no run store: runs are not kept, so none can be resumed")
-        resumable = await load_resumable(self.store, run_id, force=force)
+        store = await self._required_store("keeps no runs to resume")
+        resumable = await load_resumable(store, run_id, force=force)
         plan = self.compile(resumable.workflow)
         values = validate_inputs(plan.inputs, resumable.inputs)
-        journal = Journal(self.store, resumable.stored.run)
+        journal = Journal(store, resumable.stored.run)
         return _Prepared(self._services, plan, values, run_id, journal, restorable(resumable.stored, plan)).start
 
 

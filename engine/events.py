@@ -119,6 +119,16 @@ class GateApplied(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CacheHit(Event):
+    """A model call answered from the response cache: no call made, nothing spent; ``saved_cost_usd`` is
+    what the kept answer cost when it was asked (with its repairs, for structured output)."""
+
+    type: ClassVar[str] = "cache_hit"
+    model: str
+    saved_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerStateChanged(Event):
     type: ClassVar[str] = "breaker_state_changed"
     model: str
@@ -145,8 +155,8 @@ class EventsDropped(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, RunFinished, TaskStarted, TaskSkipped, TaskRetrying, TaskFellBack,
-                              TaskFinished, TaskFailed, TokenDelta, GateApplied, BreakerStateChanged, PlanCreated,
-                              EventsDropped)
+                              TaskFinished, TaskFailed, TokenDelta, GateApplied, CacheHit, BreakerStateChanged,
+                              PlanCreated, EventsDropped)
 }
 
 

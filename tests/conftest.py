@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -31,6 +32,9 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
+# `orchestrion` commands keep runs in a SQLite file in the user's data folder: in the tests, a folder of
+# their own (inherited by the commands they start as processes), never the real one.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="orchestrion-test-data-")
 
 
 @pytest.fixture

@@ -327,14 +327,31 @@ def test_a_plan_is_plain_values_that_pickle(template: str) -> None:
         copy.nodes.clear()  # type: ignore[attr-defined]
 
 
-def test_cache_is_refused_until_the_response_cache_exists() -> None:
+def test_cache_inherits_merges_its_ttl_and_switches_off() -> None:
+    from engine.compiler.plan import CacheSpec
+
+    wf = workflow(linear(task("a"), task("b", cache=True), task("c", cache={"ttl": "10m"}), task("d", cache=False),
+                         task("e", cache={"ttl": None}), {"id": "f", "call": "tools.fetch"}),
+                  defaults={"model": "fast_ai", "cache": {"ttl": "1.5h"}})
+    caches = [resolve_policies(site.task, wf.defaults).cache for site in collect_sites(wf)[0].sites]
+    assert caches == [CacheSpec(5400.0), CacheSpec(5400.0), CacheSpec(600.0), None, CacheSpec(None), None]
+    plain = workflow(linear(task("a", cache=True), task("b", cache={"ttl": 90})))
+    assert [resolve_policies(site.task, plain.defaults).cache for site in collect_sites(plain)[0].sites] == [
+        CacheSpec(None), CacheSpec(90.0)]
+    compile_workflow(wf, CATALOG)
+
+
+@pytest.mark.parametrize("setting", [{"ttl": "0s"}, {"ttl": "1 hour"}, {"ttl": 0}, {"ttl": True}, {"size": 3}, "yes"])
+def test_a_bad_cache_setting_is_refused(setting: Any) -> None:
     with pytest.raises(WorkflowError) as caught:
-        compile_workflow(workflow(linear(task("a", cache=True)), defaults={"model": "fast_ai", "cache": True}),
-                         CATALOG)
-    problems = {(problem.code, problem.path) for problem in caught.value.problems}
-    assert problems == {("unsupported", ("defaults", "cache")), ("unsupported", ("stages", 0, "tasks", 0, "cache"))}
-    assert "not supported yet" in str(caught.value)
-    compile_workflow(workflow(linear(task("a", cache=False))), CATALOG)  # off is fine
+        workflow(linear(task("a", cache=setting)))
+    assert any(problem.path[:5] == ("stages", 0, "tasks", 0, "cache") for problem in caught.value.problems)
+
+
+def test_cache_is_for_prompt_tasks() -> None:
+    with pytest.raises(WorkflowError) as caught:
+        workflow(linear({"id": "f", "call": "tools.fetch", "cache": True}))
+    assert "`cache` does not apply to a `call` task" in str(caught.value)
 
 
 @pytest.mark.anyio

@@ -4,11 +4,13 @@ own contract is tests/test_store.py, the crash of a real process tests/test_cras
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine import Engine
 from engine.errors import ModelError, StoreError
@@ -143,7 +145,7 @@ async def test_what_cannot_be_resumed_says_why(tmp_path: Path) -> None:
     done = await engine.run(CHAIN, {"topic": "tea"})
     with pytest.raises(StoreError, match="already succeeded"):
         await engine.resume(done.run_id)
-    with pytest.raises(StoreError, match="no run store"):
+    with pytest.raises(StoreError, match="no run store, so it keeps no runs to resume"):
         await Engine(models=FakeModel()).resume(done.run_id)
 
 
@@ -204,3 +206,107 @@ async def test_a_run_still_beating_elsewhere_is_not_resumed_unless_forced() -> N
     assert resumed.status == "succeeded" and resumed.tasks["a"].output == "<a>"
     started = [event.task_id for event in events if event.type == "task_started"]
     assert started == ["b", "c", "d"]
+
+
+async def test_every_model_call_is_recorded_and_summed_up_in_stats() -> None:
+    from engine import Price
+
+    answers = {"fast_ai": [ModelError("rate_limit", "slow down", retry_after=0), "fine"],
+               "medium_ai": [ModelError("server_error", "down")]}
+    flow = {"dsl": "orchestrion/v1", "name": "calls", "defaults": {"retry": {"max_attempts": 2, "max_delay": 0}},
+            "stages": [{"type": "linear", "tasks": [
+                {"id": "x", "model": "fast_ai", "prompt": "hello"},
+                {"id": "y", "model": ["medium_ai", "thinking_ai"], "prompt": "again"}]}]}
+    store = MemoryStore()
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    engine = Engine(models=FakeModel(answers), store=store, sleep=no_wait,
+                    prices={"fast_ai": Price(1.0, 2.0), "thinking_ai": Price(3.0, 4.0)})
+    result = await engine.run(flow)
+    assert result.status == "succeeded"
+    calls = sorted((a.task_id, a.attempt, a.model, a.outcome) for a in store.attempts)
+    assert calls == [("x", 1, "fast_ai", "rate_limit"), ("x", 2, "fast_ai", "ok"),
+                     ("y", 1, "medium_ai", "server_error"), ("y", 2, "thinking_ai", "ok")]
+    assert all(a.run_id == result.run_id and a.workflow == "calls" and a.latency_s >= 0 for a in store.attempts)
+    stats = await engine.stats()
+    assert stats.total.calls == 4 and stats.total.retries == 2
+    assert stats.by_model["fast_ai"].failures == {"rate_limit": 1}
+    assert stats.by_model["medium_ai"].failures == {"server_error": 1}
+    assert stats.by_workflow["calls"].cost_usd == pytest.approx(result.totals.cost_usd) and result.totals.cost_usd > 0
+    assert stats.by_model["thinking_ai"].latency_p50_s is not None
+    assert (await engine.stats(workflow="other")).total.calls == 0
+
+
+async def test_a_cached_answer_is_a_free_call_in_stats() -> None:
+    from engine import Price
+
+    flow = {"dsl": "orchestrion/v1", "name": "cached", "defaults": {"cache": True},
+            "stages": [{"type": "linear", "tasks": [{"id": "x", "model": "fast_ai", "prompt": "same"}]}]}
+    store = MemoryStore()
+    model = FakeModel()
+    engine = Engine(models=model, store=store, prices={"fast_ai": Price(1.0, 2.0)})
+    first, second = await engine.run(flow), await engine.run(flow)
+    assert len(model.calls) == 1 and first.totals.cost_usd > 0 and second.totals.cost_usd == 0
+    stats = await engine.stats()
+    assert (stats.total.calls, stats.total.cached) == (2, 1)
+    assert stats.total.cost_usd == first.totals.cost_usd
+    assert stats.total.input_tokens == first.totals.input_tokens  # the hit used none
+
+
+# --------------------------------------------------------------------------- any crashes, same outputs
+
+WIDE_AND_DEEP = {
+    "dsl": "orchestrion/v1", "name": "mixed", "defaults": {"model": "fast_ai", "retry": None},
+    "limits": {"max_concurrency": 3},
+    "stages": [
+        {"type": "linear", "tasks": [{"id": f"w{n}", "prompt": f"w{n}"} for n in range(6)]},
+        {"type": "inline", "tasks": [{"id": "s1", "prompt": "s1 {{ w0 }} {{ w5 }}"},
+                                     {"id": "s2", "prompt": "s2 {{ s1 }}"}]},
+        {"type": "inline", "repeat": {"max_rounds": 3, "until": "loop.round >= 3"},
+         "tasks": [{"id": "r", "prompt": "r {{ r }} {{ s2 }}"}]},
+        {"type": "linear", "tasks": [{"id": "end", "prompt": "end {{ r }} {{ w3 }}"}]},
+    ],
+}
+
+
+async def _crashing_run(crash_after: list[int]) -> tuple[dict[str, Any], Counter[str], list[set[str]]]:
+    """Run, cancelling the run (as a killed process would stop) after each count of calls in
+    ``crash_after``, resuming after each; the outputs, calls per prompt, and the tasks stored at each crash."""
+    store = MemoryStore()
+    asked: Counter[str] = Counter()
+    scope_box: list[anyio.CancelScope] = []
+    budget = list(crash_after)
+
+    def answer(request: ModelRequest) -> str:
+        prompt = request.messages[-1].content
+        asked[prompt] += 1
+        if budget and sum(asked.values()) >= budget[0]:
+            budget.pop(0)
+            scope_box[-1].cancel()
+        return f"<{prompt}>"
+
+    engine = Engine(models=FakeModel({"fast_ai": answer}), store=store)
+    stored_at_crash: list[set[str]] = []
+    run_id = "prop"
+    first = True
+    while True:
+        with anyio.CancelScope() as scope:
+            scope_box.append(scope)
+            result = await (engine.run(WIDE_AND_DEEP, run_id=run_id) if first else engine.resume(run_id))
+            return result.outputs, asked, stored_at_crash
+        first = False
+        stored_at_crash.append({task for task, record in store.tasks[run_id].items() if record.status == "succeeded"})
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=1, max_value=14), max_size=4).map(sorted))
+def test_any_sequence_of_crashes_resumes_to_the_same_outputs(crash_after: list[int]) -> None:
+    whole, _, _ = anyio.run(_crashing_run, [])
+    outputs, asked, stored = anyio.run(_crashing_run, crash_after)
+    assert outputs == whole
+    repeated = {prompt for prompt, count in asked.items() if count > 1}
+    for finished in stored:  # a task stored as done at a crash was never asked again
+        assert not {prompt for prompt in repeated if prompt.split(" ")[0] in finished}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.cli.options import add_options, build_catalog
-from engine.errors import CatalogError, ConfigError, InputError, WorkflowError
+from engine.errors import CatalogError, ConfigError, InputError, StoreError, WorkflowError
 
 if TYPE_CHECKING:  # imported where used: `orchestrion --help` should not load pydantic
     from engine.catalog import Catalog
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    except InputError as exc:
+    except (InputError, StoreError) as exc:
         print(f"orchestrion: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:  # Ctrl-C before a run listens for it (a run stops itself and says what it did)
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrion", description="Declarative LLM workflows.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_CommandParser)
 
-    from engine.cli import fmt, models, plan, run, validate
+    from engine.cli import fmt, history, models, plan, run, validate
 
     validate.add_parser(commands, _CHECK_OPTIONS)
     fmt.add_parser(commands)
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     graph.set_defaults(handler=_graph)
 
     run.add_parser(commands)
+    history.add_parsers(commands)
     plan.add_parser(commands)
     models.add_parser(commands)
 

@@ -35,6 +35,11 @@ _OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "action": "append", "default": [], "metavar": "NAME",
         "help": "the name of a function `call:` tasks may use (`orchestrion run` knows only orchestrion's own: "
                 "others are registered from Python)"}),
+    "store": ("--store", {
+        "metavar": "URL",
+        "help": "the run store: a database URL (sqlite+aiosqlite:///runs.db, postgresql+asyncpg://...), or "
+                "`none` to keep nothing (default: the configuration's `store`, else a SQLite file in the user's "
+                "data folder)"}),
     "config": ("--config", {
         "type": Path, "metavar": "FILE",
         "help": f"engine configuration: providers and model aliases (default: ./{DEFAULT_CONFIG} if it exists)"}),
@@ -59,7 +64,20 @@ def build_engine(args: argparse.Namespace, *, secrets: bool = True) -> Engine:
     if dry_run:
         config = _dry(config)
     addons, templates = _folders(args)
-    return Engine(config, addon_dirs=addons, template_dirs=templates)
+    return Engine(config, addon_dirs=addons, template_dirs=templates, store=store_url(args, config))
+
+
+def store_url(args: argparse.Namespace, config: EngineConfig | None = None) -> str | None:
+    """Where a command keeps runs: ``--store``, else the configuration's ``store`` (``store: null``: nowhere),
+    else the default file (the empty string). None keeps nothing."""
+    flag = getattr(args, "store", None)
+    if flag is not None:
+        return None if flag.lower() == "none" else flag
+    if config is None and "config" in args:
+        config = engine_config(args, secrets=False)
+    if config is not None and "store" in config.model_fields_set:
+        return None if config.store is None else config.store.url or ""
+    return ""
 
 
 def build_catalog(args: argparse.Namespace) -> Catalog:

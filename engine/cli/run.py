@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
@@ -14,10 +15,13 @@ from engine.cli.options import add_options, build_engine
 from engine.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractAsyncContextManager
+
     from anyio import CancelScope
 
     # the runtime is imported when a run starts, not for `orchestrion --help`
-    from engine.core import Engine
+    from engine.core import Engine, RunEvents
     from engine.events import Event
     from engine.runtime.results import RunResult
 
@@ -34,8 +38,18 @@ def add_parser(commands: Any) -> None:
                      help="answer every model alias with a fake model that echoes the prompt; nothing is sent")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
-    add_options(run, "addons", "templates", "config")
+    add_options(run, "addons", "templates", "config", "store")
     run.set_defaults(handler=run_command)
+
+    resume = commands.add_parser("resume", help="go on with a stored run that was interrupted, cancelled or "
+                                                "failed; finished tasks are not run again")
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("--force", action="store_true",
+                        help="resume even if the workflow file changed since, or the run seems alive elsewhere")
+    resume.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    resume.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
+    add_options(resume, "addons", "templates", "config", "store")
+    resume.set_defaults(handler=resume_command)
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -45,7 +59,21 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     workflow = engine.load(args.file)
     inputs = parse_inputs(args.input, args.inputs_file, workflow.inputs)
     progress = Progress(None if args.quiet else sys.stderr)
-    result = anyio.run(_run, engine, workflow, inputs, progress)
+    result = anyio.run(_run, engine, functools.partial(engine.stream, workflow, inputs), progress)
+    return _report(args, result, progress, out)
+
+
+def resume_command(args: argparse.Namespace, out: TextIO) -> int:
+    import anyio
+
+    engine = build_engine(args)
+    progress = Progress(None if args.quiet else sys.stderr)
+    result = anyio.run(_run, engine, functools.partial(engine.stream_resume, args.run_id, force=args.force), progress)
+    return _report(args, result, progress, out)
+
+
+def _report(args: argparse.Namespace, result: RunResult | None, progress: Progress, out: TextIO) -> int:
+    """The outputs (or the whole result with --json); the exit code says how the run ended."""
     if result is None:  # stopped by a signal: say what got done, no traceback
         print(f"orchestrion: run cancelled by {progress.stopped_by}: {progress.summary()}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -56,14 +84,15 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.status == "succeeded" else 1
 
 
-async def _run(engine: Engine, workflow: Any, inputs: dict[str, Any], progress: Progress) -> RunResult | None:
+async def _run(engine: Engine, open_stream: Callable[[], AbstractAsyncContextManager[RunEvents]],
+               progress: Progress) -> RunResult | None:
     """The run's result; None if SIGINT or SIGTERM stopped it (the run is cancelled, every branch)."""
     import anyio
 
     result: RunResult | None = None
     try:
         # An invalid workflow or input raises here, before any task group: the CLI reports it as it is.
-        async with engine.stream(workflow, inputs) as events:
+        async with open_stream() as events:
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, group.cancel_scope, progress)
                 async for event in events:

@@ -14,20 +14,10 @@ from engine.suggest import did_you_mean
 
 
 def check_catalog(workflow: Workflow, sites: Iterable[Site], catalog: Catalog) -> list[Problem]:
-    problems = _check_defaults(workflow, catalog) + _check_cache(workflow.defaults, ("defaults",))
+    problems = _check_defaults(workflow, catalog)
     for site in sites:
-        problems += _check_task(site, workflow, catalog) + _check_cache(site.task, site.path)
+        problems += _check_task(site, workflow, catalog)
     return problems
-
-
-def _check_cache(level: Policies, path: Path) -> list[Problem]:
-    """`cache: true` is refused until the response cache exists: a field the engine does not honour
-    must not look as if it worked."""
-    if not level.cache:
-        return []
-    return [Problem("unsupported", "`cache` is not supported yet: answers are not stored, so nothing could be "
-                    "reused", (*path, "cache"), "remove it, or set `cache: false`; the response cache comes "
-                    "with the run store")]
 
 
 def _check_defaults(workflow: Workflow, catalog: Catalog) -> list[Problem]:

@@ -51,6 +51,13 @@ class RetrySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """A resolved `cache:` policy: answers are kept ``ttl_s`` seconds (None: until cleared)."""
+
+    ttl_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodePolicies:
     """A task's effective settings after inheritance from defaults and the engine."""
 
@@ -58,7 +65,7 @@ class NodePolicies:
     timeout: float | None
     retry: RetrySpec | None
     critical: bool
-    cache: bool
+    cache: CacheSpec | None  # None: answers are neither looked up nor kept
     hedge_after: float | None
     temperature: float | None
     max_tokens: int | None

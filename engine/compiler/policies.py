@@ -1,15 +1,16 @@
 """Pass 3: each task's effective policies: the task's own, else `defaults`, else the engine's.
 
 One rule for every policy: a field the task leaves out inherits, a value
-overrides, an explicit ``null`` switches it off. ``retry`` merges field by field.
+overrides, an explicit ``null`` switches it off. ``retry`` merges field by field,
+and so does ``cache`` (``true`` is an object with no field given).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.compiler.plan import NodePolicies, RetrySpec
-from engine.dsl.models import Policies, RetryPolicy, Task
+from engine.compiler.plan import CacheSpec, NodePolicies, RetrySpec
+from engine.dsl.models import CachePolicy, Policies, RetryPolicy, Task, duration_seconds
 
 # An unreachable, hanging or failing provider sends the call to the next model at once (retrying it
 # with backoff is for when there is none); a rate limit says "wait", so it is retried first.
@@ -29,7 +30,7 @@ def resolve_policies(task: Task, defaults: Policies) -> NodePolicies:
         timeout=_pick("timeout", task, defaults, ENGINE_TIMEOUT),
         retry=_retry(task, defaults),
         critical=_pick("critical", task, defaults, True) is not False,
-        cache=bool(_pick("cache", task, defaults, False)),
+        cache=_cache(task, defaults) if task.kind == "prompt" else None,
         hedge_after=_pick("hedge_after", task, defaults, None),
         temperature=_pick("temperature", task, defaults, None),
         max_tokens=_pick("max_tokens", task, defaults, None),
@@ -43,6 +44,22 @@ def _pick(name: str, task: Task, defaults: Policies, engine_default: Any) -> Any
         if name in level.model_fields_set:
             return getattr(level, name)
     return engine_default
+
+
+def _cache(task: Task, defaults: Policies) -> CacheSpec | None:
+    levels: list[CachePolicy] = []
+    for level in (task, defaults):
+        if "cache" in level.model_fields_set:
+            setting = level.cache
+            if setting is None or setting is False:
+                if not levels:
+                    return None  # switched off at the nearest level that sets it
+                break
+            levels.append(CachePolicy() if setting is True else setting)
+    if not levels:
+        return None
+    ttl = next((level.ttl for level in levels if "ttl" in level.model_fields_set), None)
+    return CacheSpec(None if ttl is None else duration_seconds(ttl))
 
 
 def _retry(task: Task, defaults: Policies) -> RetrySpec | None:

@@ -113,6 +113,30 @@ class OutputSpec(StrictModel):
         return value
 
 
+# A duration: a positive number and its unit, seconds, minutes, hours or days (`90s`, `10m`, `1.5h`, `7d`).
+# No lookahead for "not zero" (pydantic's regex engine has none): a nonzero digit before or after the point.
+Duration = Annotated[str, StringConstraints(
+    pattern=r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)[smhd]$")]
+DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400})
+
+
+def duration_seconds(value: float | str) -> float:
+    """A `Duration` (or a number of seconds) in seconds."""
+    if isinstance(value, str):
+        return float(value[:-1]) * DURATION_UNITS[value[-1]]
+    return float(value)
+
+
+class CachePolicy(StrictModel):
+    """The response cache's settings. Fields left out inherit from `defaults.cache`."""
+
+    ttl: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Duration | None = Field(
+        None, description="How long an answer is kept: seconds, or a duration such as `90s`, `10m`, `1h`, `7d`. "
+        "Absent: inherited from `defaults.cache`, else kept until `orchestrion cache clear`; `null`: kept until "
+        "cleared.",
+    )
+
+
 class Policies(StrictModel):
     """Settings a task inherits from `defaults`; `null` switches one off."""
 
@@ -135,9 +159,11 @@ class Policies(StrictModel):
         "joined by the next one, asked the same; the first answer wins and the other call is cancelled "
         "(both are paid for). For chains of two or more models.",
     )
-    cache: bool | None = Field(
-        None, description="Reserved for the response cache, which is not built yet: `true` is refused by "
-        "validation; `false` or `null` mean no cache.")
+    cache: bool | CachePolicy | None = Field(
+        None, description="The response cache, for `prompt` tasks: `true` (or an object) answers a request "
+        "asked before, exactly (same model behind the alias, messages, temperature, max_tokens, output schema), "
+        "from the cache at no cost, and keeps each new valid answer; `false` or `null` switch it off.",
+    )
 
     @field_validator("model")
     @classmethod
@@ -155,6 +181,7 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     "temperature": frozenset({"prompt", "plan"}),
     "max_tokens": frozenset({"prompt", "plan"}),
     "hedge_after": frozenset({"prompt", "plan"}),
+    "cache": frozenset({"prompt"}),  # a planner's answers are checked by the planner, not kept
     "output": frozenset({"prompt", "call"}),
     "with_": frozenset({"call", "workflow"}),
 }

@@ -8,7 +8,7 @@ time limit wraps the provider's call as a context manager. All of it runs
 in one coroutine per attempt, so a call in flight holds one frame for the
 whole pipeline, not one per stage.
 
-The ``Call`` is one task's: its policies (timeout, retry), its tallies
+The ``Call`` is one task's: its policies (timeout, retry, cache), its tallies
 (attempts, tokens, cost, the model that answered), what its stages note for
 their exit, and the ``RunContext`` it shares with every call of the run
 (events, budget, deadlines, per-alias slots).
@@ -22,7 +22,7 @@ from typing import Protocol
 
 import anyio
 
-from engine.compiler.plan import RetrySpec
+from engine.compiler.plan import CacheSpec, RetrySpec
 from engine.events import SILENT, Emitter
 from engine.model.client import ModelRequest, ModelResponse
 from engine.resilience.budget import Budget
@@ -41,6 +41,7 @@ class RunContext:
     stream_tokens: bool = True
     model_slots: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
     breaker_opened: dict[str, anyio.Event] = field(default_factory=dict)  # alias -> set when its breaker opens
+    on_attempt: AttemptSink | None = None  # told of every model call (the run store's journal), if anyone asks
 
 
 class Tally(Protocol):
@@ -63,10 +64,21 @@ class Call:
     timeout: float | None = None
     retry: RetrySpec | None = None
     hedge_after: float | None = None  # seconds before the next model of the chain is asked as well
+    cache: CacheSpec | None = None  # the response cache's policy; None: the call is neither looked up nor kept
     fallback: bool = False  # is there a next model in the chain after the current one
     hedged_away: bool = False  # cancelled because the next model, asked later, answered first
     admission: str = "call"  # the breaker's word on the current attempt
     reserved: float = 0.0  # the budget reserved for the current attempt
+    attempt_started: float = 0.0  # wall-clock time the current attempt was sent
+    answered: ModelResponse | None = None  # the last attempt that answered: its response, and what it
+    answered_cost: float = 0.0  # cost (for the response cache, above the retry, to keep)
+
+
+class AttemptSink(Protocol):
+    def __call__(self, call: Call, model: str, outcome: str, response: ModelResponse | None, cost: float, *,
+                 cached: bool = False) -> None:
+        """One model call ended (or was answered from the cache): ``outcome`` is "ok", "cancelled" or the
+        error's kind. Must not block."""
 
 
 Handler = Callable[[ModelRequest, Call], Awaitable[ModelResponse]]

@@ -1,7 +1,13 @@
 """A model call as a pipeline of small stages, in the order a request meets them::
 
-    fallback chain ─▶ structured output and repairs ─▶ gate ─▶ (response cache) ─▶ retry
+    fallback chain ─▶ structured output and repairs ─▶ gate ─▶ retry
         ─▶ budget ─▶ slots ─▶ rate limit ─▶ circuit breaker ─▶ time limit ─▶ provider
+
+and, for a task with ``cache:``, ``gate ─▶ response cache ─▶ structured output and
+repairs ─▶ retry ─▶ ...``: the request as first asked is gated, then looked up;
+only on a miss is it asked (and repaired, each repair gated), and the valid
+answer is kept under it (``cache.py``). A hit spends no attempt, budget, slot,
+rate limit or breaker trial.
 
 The fallback chain tries each model in turn: an error that retrying did not
 fix, an open breaker, or a context window too small moves to the next model
@@ -29,7 +35,8 @@ lets ten thousand of them run at once for little more than the calls cost.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +46,11 @@ from engine.config import RetryConfig
 from engine.errors import ModelError
 from engine.events import TaskFellBack
 from engine.model.client import ModelRequest, ModelResponse
+from engine.model.output import parse_output
 from engine.model.prices import Price
 from engine.resilience.breaker import Breakers
 from engine.resilience.budget import SpendStage
+from engine.resilience.cache import Clock, ResponseCache
 from engine.resilience.call import Bound, Call, Handler, Sleep, Stage, for_model
 from engine.resilience.circuit import BreakerStage
 from engine.resilience.gates import Gatekeeper, GateStage
@@ -52,6 +61,8 @@ from engine.resilience.repair import answer_with_repairs
 from engine.resilience.retry import Retrier, stays_on_model, worth_retrying
 from engine.resilience.slots import Slot, SlotStage
 from engine.resilience.timeout import time_limit
+from engine.store.base import RunStore
+from engine.store.memory import MemoryStore
 
 
 @dataclass(frozen=True)
@@ -67,14 +78,17 @@ class PipelineParts:
     slots: Mapping[str, Sequence[Slot]] = field(default_factory=dict)  # alias -> its concurrency slots
     retry: RetryConfig = field(default_factory=RetryConfig)
     sleep: Sleep = anyio.sleep
+    store: RunStore | None = None  # where cached answers live; None: a MemoryStore of the pipeline's own
+    clock: Clock = time.time  # the response cache's, for its entries' expiry
 
 
 class ModelPipeline:
-    def __init__(self, stages: Sequence[Stage], send: Handler, retrier: Retrier, gate: GateStage | None = None,
-                 bound: Bound | None = None) -> None:
+    def __init__(self, stages: Sequence[Stage], send: Handler, retrier: Retrier, cache: ResponseCache, *,
+                 gate: GateStage | None = None, bound: Bound | None = None) -> None:
         self.stages = tuple(stages)  # every attempt's, in order
         self.send = send  # the provider's answer
         self.retrier = retrier
+        self.cache = cache  # asked only by calls whose task has `cache:`
         self.gate = gate
         self.bound = bound  # the request's answer bounded to what the first stage will reserve
 
@@ -85,7 +99,8 @@ class ModelPipeline:
         and repairs the answer itself, as the master planner does). A single model asked for text, the
         common case, is answered without a coroutine of this method's own."""
         chain = chain or (request.model,)
-        if len(chain) == 1 and chain[0] == request.model and (raw or request.output_schema is None):
+        if (len(chain) == 1 and chain[0] == request.model and (raw or request.output_schema is None)
+                and call.cache is None):
             return self.respond(request, call)
         return self._first_answer(request, call, chain, raw)
 
@@ -117,19 +132,43 @@ class ModelPipeline:
             index += step
 
     async def _value(self, request: ModelRequest, call: Call, *, raw: bool) -> Any:
+        if call.cache is not None and not raw:  # a raw answer is checked by its caller: not kept unchecked
+            return await self._cached(request, call)
         if raw or request.output_schema is None:
             return await self.respond(request, call)
         return await answer_with_repairs(self.respond, request, call)
 
-    async def respond(self, request: ModelRequest, call: Call, *, first: bool = True) -> str:
-        """One model's answer. The first attempt is gated, and retried if it fails; each attempt runs
-        every stage's enter in order, the provider under the time limit, every entered exit in reverse."""
-        if first and self.gate is not None:
-            try:
-                request = await self.gate.route(request, call)
-            except ModelError as denied:
-                denied.task_id, denied.attempt = call.task_id, call.tally.attempts
-                raise
+    async def _cached(self, request: ModelRequest, call: Call) -> Any:
+        """Gated, then answered from the cache; or asked (and repaired), and its valid answer kept under
+        the request as first asked."""
+        routed = await self._route(request, call)
+        cache, schema = self.cache, routed.output_schema
+        key = cache.key(routed)
+        text = await cache.lookup(key, routed, call)
+        if text is not None:
+            return text if schema is None else parse_output(text, schema, routed.model)
+        rounds = _Rounds(self.respond)
+        value = await (rounds(routed, call) if schema is None else answer_with_repairs(rounds, routed, call))
+        assert rounds.answer is not None
+        await cache.keep(key, routed, call, rounds.answer, rounds.cost_usd)
+        return value
+
+    async def _route(self, request: ModelRequest, call: Call) -> ModelRequest:
+        """The request as the gate sends it on: to the same alias, or another one, or denied."""
+        if self.gate is None:
+            return request
+        try:
+            return await self.gate.route(request, call)
+        except ModelError as denied:
+            denied.task_id, denied.attempt = call.task_id, call.tally.attempts
+            raise
+
+    async def respond(self, request: ModelRequest, call: Call, *, first: bool = True, gated: bool = False) -> str:
+        """One model's answer. The first attempt is gated (unless ``gated`` already), and retried if it fails;
+        each attempt runs every stage's enter in order, the provider under the time limit, every entered exit
+        in reverse."""
+        if first and not gated and self.gate is not None:
+            request = await self._route(request, call)
         # Bounded per attempt, from the budget left now; a retry starts again from the unbounded request.
         sent = request if self.bound is None else self.bound(request, call)
         stages, entered = self.stages, 0
@@ -183,4 +222,23 @@ def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     # An open breaker ends a call's retries on that model; read only where reading does not block.
     is_open = breakers.is_open if breakers is not None and not breakers.blocking else None
     retrier = Retrier(parts.sleep, parts.retry.attempts, parts.retry.retry_after_max, is_open)
-    return ModelPipeline(stages, provider.send, retrier, gate, spend.bound)
+    cache = ResponseCache(parts.store if parts.store is not None else MemoryStore(), parts.clients, parts.clock)
+    return ModelPipeline(stages, provider.send, retrier, cache, gate=gate, bound=spend.bound)
+
+
+class _Rounds:
+    """A cached call's rounds, as ``respond``: its request (gated already), then any repairs (each gated).
+    Notes the last answer and adds up what every round cost: the cache keeps both."""
+
+    __slots__ = ("answer", "cost_usd", "respond")
+
+    def __init__(self, respond: Callable[..., Awaitable[str]]) -> None:
+        self.respond = respond
+        self.answer: ModelResponse | None = None
+        self.cost_usd = 0.0
+
+    async def __call__(self, request: ModelRequest, call: Call) -> str:
+        text = await self.respond(request, call, gated=self.answer is None)
+        self.answer = call.answered
+        self.cost_usd += call.answered_cost
+        return text

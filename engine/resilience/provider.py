@@ -1,12 +1,14 @@
 """The last stage: the provider's client answers, whole or streamed as ``TokenDelta`` events.
 
 It counts the attempt, tallies the tokens and the cost at the alias's price,
-and names the alias that answered. A streamed answer is streamed only when
-somebody listens to the run's events.
+names the alias that answered, and notes the answer and its cost on the call
+(for the response cache, which keeps what the attempts below it fetched). A
+streamed answer is streamed only when somebody listens to the run's events.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Mapping
 
 import anyio
@@ -19,11 +21,22 @@ from engine.resilience.call import Call, Pending
 
 
 class Clients:
-    """The client of each alias (or one for every alias)."""
+    """The client of each alias (or one for every alias), and the model each answers with."""
 
-    def __init__(self, by_alias: Mapping[str, ModelClient], default: ModelClient | None = None) -> None:
+    def __init__(self, by_alias: Mapping[str, ModelClient], default: ModelClient | None = None,
+                 targets: Mapping[str, str] | None = None) -> None:
         self.by_alias = dict(by_alias)
         self.default = default
+        self.targets = dict(targets or {})  # alias -> its configured model (``cache.model_target``)
+
+    def target(self, alias: str) -> str:
+        """What answers ``alias``: its configured model, or for a client given directly (which may answer
+        each alias differently), the client's class and the alias."""
+        target = self.targets.get(alias)
+        if target is None:
+            kind = type(self(alias))
+            target = f"{kind.__module__}.{kind.__qualname__} alias:{alias}"
+        return target
 
     def __call__(self, alias: str) -> ModelClient:
         client = self.by_alias.get(alias, self.default)
@@ -47,6 +60,8 @@ class ProviderStage:
 
     def enter(self, request: ModelRequest, call: Call) -> Pending:
         call.tally.attempts += 1
+        if call.run.on_attempt is not None:
+            call.attempt_started = time.time()
         return None
 
     def send(self, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
@@ -57,13 +72,26 @@ class ProviderStage:
 
     def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
              error: BaseException | None) -> Pending:
+        cost = 0.0
         if response is not None:
             usage = response.usage
+            cost = self.prices.get(request.model, FREE).cost(usage)
             call.tally.model = request.model
             call.tally.input_tokens += usage.input_tokens
             call.tally.output_tokens += usage.output_tokens
-            call.tally.cost_usd += self.prices.get(request.model, FREE).cost(usage)
+            call.tally.cost_usd += cost
+            call.answered, call.answered_cost = response, cost
+        if call.run.on_attempt is not None:
+            call.run.on_attempt(call, request.model, _outcome(response, error), response, cost)
         return None
+
+
+def _outcome(response: ModelResponse | None, error: BaseException | None) -> str:
+    if response is not None:
+        return "ok"
+    if isinstance(error, ModelError):
+        return error.kind
+    return "cancelled" if isinstance(error, anyio.get_cancelled_exc_class()) else "unknown"
 
 
 async def _streamed(client: ModelClient, request: ModelRequest, call: Call) -> ModelResponse:

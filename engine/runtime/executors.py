@@ -53,7 +53,8 @@ def prompt(services: Services, state: RunState, node: Node, result: TaskResult,
     request = build_request(policies.models[0], _system_message(services, state, node, variables),
                             services.renderer.render(spec.source, variables), temperature=policies.temperature,
                             max_tokens=policies.max_tokens, schema=spec.output_schema)
-    call = Call(node.id, state.calls, result, policies.timeout, policies.retry, policies.hedge_after)
+    call = Call(node.id, state.calls, result, policies.timeout, policies.retry, policies.hedge_after,
+                cache=policies.cache)
     return services.pipeline.answer(request, call, policies.models)
 
 

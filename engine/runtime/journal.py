@@ -23,8 +23,10 @@ import anyio
 import anyio.lowlevel
 
 from engine.errors import OrchestrionError, StoreError
+from engine.model.client import ModelResponse
+from engine.resilience.call import Call
 from engine.runtime.results import RunResult, TaskResult
-from engine.store import RunRecord, RunStore, TaskRecord
+from engine.store import AttemptRecord, RunRecord, RunStore, TaskRecord
 
 HEARTBEAT_SECONDS = 15.0  # a run whose heartbeat is 4 beats old is taken for dead (``STALE_SECONDS``)
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS
@@ -47,6 +49,22 @@ class Journal:
         self.store = store
         self.record = record
         self._batch = _Batch()
+        self._attempts: list[AttemptRecord] = []  # model calls not yet written: they go with the next batch
+
+    def attempt(self, call: Call, model: str, outcome: str, response: ModelResponse | None, cost: float, *,
+                cached: bool = False) -> None:
+        """A model call of this run (nested runs included) ended: kept for stats (``AttemptSink``)."""
+        usage = response.usage if response is not None and not cached else None  # a hit used no tokens
+        self._attempts.append(AttemptRecord(
+            self.run_id, call.task_id, call.tally.attempts, model, self.record.workflow, call.attempt_started,
+            time.time() - call.attempt_started, outcome,
+            input_tokens=usage.input_tokens if usage else 0, output_tokens=usage.output_tokens if usage else 0,
+            cost_usd=cost, cached=cached))
+
+    async def _write_attempts(self) -> None:
+        if self._attempts:
+            attempts, self._attempts = self._attempts, []
+            await _written(self.store.record_attempts(attempts), "record model calls")
 
     @property
     def run_id(self) -> str:
@@ -73,6 +91,7 @@ class Journal:
             self._batch = _Batch()
             with anyio.CancelScope(shield=True):
                 try:
+                    await self._write_attempts()
                     await _written(self.store.save_tasks(batch.records), "save task results")
                 except StoreError as error:
                     batch.error = error
@@ -95,6 +114,7 @@ class Journal:
             error=result.error, input_tokens=totals.input_tokens, output_tokens=totals.output_tokens,
             cost_usd=totals.cost_usd)
         with anyio.CancelScope(shield=True):
+            await self._write_attempts()
             await _written(self.store.finish_run(record), "record the run's end")
             await _written(self.store.flush(), "flush the run's records")
         self.record = record

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -62,7 +64,8 @@ async def load_resumable(store: RunStore, run_id: str, *, force: bool = False) -
     if run.status == "succeeded":
         raise StoreError(f"run {run_id} of {run.workflow!r} already succeeded: there is nothing to resume")
     beat = run.heartbeat_at or run.started_at
-    if run.status == "running" and time.time() - beat < STALE_SECONDS and not force:
+    alive = time.time() - beat < STALE_SECONDS and not _gone_from_this_host(run.owner)
+    if run.status == "running" and alive and not force:
         raise StoreError(f"run {run_id} is still running in {run.owner or 'another process'} (its heartbeat "
                          f"is {time.time() - beat:.0f} s old); --force resumes it anyway")
     workflow = await anyio.to_thread.run_sync(_workflow_of, stored, force)
@@ -80,6 +83,20 @@ def restorable(stored: StoredRun, plan: Plan) -> dict[str, TaskRecord]:
         if record.status == "succeeded" or (record.status == "failed" and not critical):
             kept[task_id] = record
     return kept
+
+
+def _gone_from_this_host(owner: str | None) -> bool:
+    """Whether the process that ran it (``host:pid``) is known to be dead: it ran here and is gone."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's: only its heartbeat can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def _workflow_of(stored: StoredRun, force: bool) -> Workflow:

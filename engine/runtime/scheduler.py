@@ -33,7 +33,7 @@ from engine.compiler.plan import Node, NodeId, Plan
 from engine.errors import OrchestrionError, RunLimitError, StoreError, TaskError
 from engine.events import Emitter, RunFinished, RunStarted, TaskFailed, TaskFinished, TaskSkipped, TaskStarted
 from engine.resilience.budget import Budget
-from engine.resilience.call import RunContext
+from engine.resilience.call import AttemptSink, RunContext
 from engine.resilience.timeout import Deadlines
 from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, RunTree, Services
@@ -48,6 +48,7 @@ async def run_plan(
     services: Services, plan: Plan, inputs: dict[str, Any], *, bus: EventBus,
     budget: Budget | None = None, tree: RunTree | None = None, lineage: tuple[str, ...] = (),
     run_id: str | None = None, journal: Journal | None = None, restored: Mapping[str, TaskRecord] | None = None,
+    on_attempt: AttemptSink | None = None,
 ) -> RunResult:
     """Run a compiled plan with validated inputs; never raises for a task's failure. A nested run
     gets its parent's ``budget`` and ``tree`` and the names of the runs above it (``lineage``);
@@ -57,7 +58,8 @@ async def run_plan(
     run_id = journal.run_id if journal is not None else run_id or uuid.uuid4().hex
     emit = Emitter(run_id, bus.emit if bus.active else None, services.scrub)
     calls = RunContext(emit, budget or Budget(plan.limits.max_cost_usd),
-                       Deadlines() if plan.has_timeouts else None, services.stream_tokens)
+                       Deadlines() if plan.has_timeouts else None, services.stream_tokens,
+                       on_attempt=journal.attempt if journal is not None else on_attempt)
     top_level = tree is None
     tree = tree or RunTree.for_plan(plan, services)
     scheduler = _Scheduler(services, RunState(run_id, plan, inputs, calls, tree, (*lineage, plan.name)), bus,
@@ -247,7 +249,7 @@ class _Scheduler:
         """A workflow run inside this one: the same events, budget and bounds, one level deeper."""
         state = self.state
         return await run_plan(self.services, plan, inputs, bus=self.bus, budget=state.calls.budget,
-                              tree=state.tree, lineage=state.lineage)
+                              tree=state.tree, lineage=state.lineage, on_attempt=state.calls.on_attempt)
 
     def _fail(self, node: Node, result: TaskResult, error: BaseException) -> None:
         # A refused reservation fails its task like any error: a `critical: false` task gives null.

@@ -7,7 +7,8 @@ user's data directory), ``postgresql+asyncpg://...``, or ``memory:``.
 from engine.errors import StoreError
 from engine.store.base import RunStore
 from engine.store.memory import MemoryStore
+from engine.store.open import default_path, open_store
 from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
 
 __all__ = ["AttemptRecord", "CacheEntry", "MemoryStore", "RunRecord", "RunStore", "StoreError", "StoredRun",
-           "StoredRunStatus", "TaskRecord"]
+           "StoredRunStatus", "TaskRecord", "default_path", "open_store"]

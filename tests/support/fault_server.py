@@ -154,16 +154,26 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
 
         def _huge(self, body: dict[str, Any]) -> None:
-            text = "x" * (40 * 1024 * 1024)
+            # Written a megabyte at a time: one json.dumps of 40 MB would hold the GIL, and so the test's
+            # event loop, for a third of a second.
+            megabyte = b"x" * (1 << 20)
             if not body.get("stream"):
-                self._send(200, json.dumps({"model": body["model"], "choices": [
-                    {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}).encode())
+                head, tail = b'{"choices": [{"message": {"role": "assistant", "content": "', b'"}}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(head) + 40 * len(megabyte) + len(tail)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client stops reading, as it should
+                    for piece in (head, *[megabyte] * 40, tail):
+                        self.wfile.write(piece)
+                self.close_connection = True
                 return
+            text = "x" * (2 << 20)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             with contextlib.suppress(OSError):  # the client stops reading, as it should
-                self.wfile.write(b"data: " + json.dumps({"choices": [{"delta": {"content": text[:2 << 20]}}]}).encode())
+                self.wfile.write(b"data: " + json.dumps({"choices": [{"delta": {"content": text}}]}).encode())
             self.close_connection = True
 
         def _429(self, body: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""Alembic's migrations of the run store's schema (applied by ``engine.store.migrate``)."""

@@ -1,0 +1,308 @@
+"""The run store in a database, through SQLAlchemy's asyncio engine: SQLite by default, PostgreSQL to share.
+
+``await SqlStore.open(url)`` connects and migrates the schema. Then:
+
+- **Writes are committed when they return** (``create_run``, ``save_task``, ``finish_run``...),
+  each an upsert or update, so a write whose connection dropped is tried once more (uncommitted,
+  it left nothing; committed but unacknowledged, its repeat changes nothing but the attempts).
+  A write in flight finishes even if its caller is cancelled: a result is never half-written.
+- **SQLite has one writer**: writes queue on an ``anyio.Lock`` for the writer engine's only
+  connection, so this process never competes with itself for the file's lock; other processes
+  wait on ``busy_timeout``, and reads go to other connections (WAL lets them run during a write).
+  PostgreSQL takes concurrent writes from its pool, with no lock of ours.
+- **Attempts are batched**: ``record_attempts`` keeps them in memory, and they are written in the
+  same transaction as the next write (a task's result, usually), by ``flush`` and ``aclose``, when
+  ``ATTEMPT_BATCH`` are waiting, and before any read that returns attempts.
+- **Failures are ``StoreError``**, one line naming the store (without its password), the operation
+  and the driver's reason; the SQLAlchemy exception is not chained, since it carries the statement
+  and its parameters (a run's inputs, outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from alembic.util.exc import CommandError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from engine.errors import StoreError
+from engine.store import migrate, rows, tables
+from engine.store.connect import StoreOptions, Target, build_engines, describe_failure, parse_url
+from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[T]]
+
+# Columns, by table.
+RUN, TASK, ATTEMPT, CACHED = tables.runs.c, tables.tasks.c, tables.attempts.c, tables.cache_entries.c
+
+ATTEMPT_BATCH = 500  # attempts kept in memory before they are written on their own
+FAILURES = (SQLAlchemyError, OSError)  # OSError: a connection refused before SQLAlchemy wraps it
+
+
+class SqlStore:
+    """A ``RunStore`` in SQLite or PostgreSQL. Open with ``await SqlStore.open(url)``; close with ``aclose``."""
+
+    def __init__(self, target: Target, writer: AsyncEngine, reader: AsyncEngine, options: StoreOptions) -> None:
+        self._target, self._options = target, options
+        self._writer, self._reader = writer, reader
+        self._write_lock: AbstractAsyncContextManager[Any] = (
+            anyio.Lock() if target.dialect == "sqlite" else nullcontext())
+        self._statements = _Statements(target.dialect)
+        self._pending: list[dict[str, Any]] = []  # attempts not yet written
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, options: StoreOptions | None = None) -> SqlStore:
+        """Connect to the database at ``url`` and bring its schema up to date."""
+        options = options or StoreOptions()
+        target = parse_url(url)
+        # Engine creation imports the driver and, for SQLite, makes the folder: off the event loop.
+        writer, reader = await anyio.to_thread.run_sync(build_engines, target, options)
+        store = cls(target, writer, reader, options)
+        try:
+            await store._write("bringing the schema up to date", _migrate)
+        except CommandError as exc:  # a revision this version does not know: a newer Orchestrion migrated it
+            await store._dispose()
+            raise StoreError(f"run store {store.url}: cannot bring its schema up to date ({exc}); "
+                             "if a newer Orchestrion upgraded it, upgrade this one too") from None
+        except BaseException:
+            await store._dispose()
+            raise
+        return store
+
+    @property
+    def url(self) -> str:
+        """The store's URL, without its password."""
+        return self._target.shown
+
+    # -- runs and their results ------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> None:
+        values = rows.run_row(run)
+        await self._write(f"create_run of run {run.run_id!r}", _execute(self._statements.upsert_run, values))
+
+    async def save_task(self, task: TaskRecord) -> None:
+        values = rows.task_row(task)
+        await self._write(f"save_task of task {task.task_id!r} of run {task.run_id!r}",
+                          _execute(self._statements.upsert_task, values))
+
+    async def save_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+        if tasks:
+            values = [rows.task_row(task) for task in tasks]
+            await self._write(f"save_tasks of {len(values)} tasks of run {tasks[0].run_id!r}",
+                              _execute(self._statements.upsert_task, values))
+
+    async def finish_run(self, run: RunRecord) -> None:
+        values = rows.run_row(run)
+        await self._write(f"finish_run of run {run.run_id!r}", _execute(self._statements.upsert_run, values))
+
+    async def heartbeat(self, run_ids: Sequence[str], now: float) -> None:
+        if run_ids:
+            statement = sa.update(tables.runs).where(RUN.run_id.in_(list(run_ids))).values(heartbeat_at=now)
+            await self._write("heartbeat", _execute(statement))
+
+    async def mark_interrupted(self, older_than: float) -> list[str]:
+        last_sign = sa.func.coalesce(RUN.heartbeat_at, RUN.started_at)
+        statement = (sa.update(tables.runs).where(RUN.status == "running", last_sign < older_than)
+                     .values(status="interrupted").returning(RUN.run_id))
+
+        async def work(connection: AsyncConnection) -> list[str]:
+            return list((await connection.execute(statement)).scalars())
+
+        return await self._write("mark_interrupted", work)
+
+    async def prune(self, older_than: float) -> int:
+        old = sa.select(RUN.run_id).where(RUN.status != "running", RUN.ended_at < older_than)
+
+        async def work(connection: AsyncConnection) -> int:
+            await connection.execute(sa.delete(tables.attempts).where(ATTEMPT.run_id.in_(old)))
+            await connection.execute(sa.delete(tables.tasks).where(TASK.run_id.in_(old)))
+            return (await connection.execute(sa.delete(tables.runs).where(RUN.run_id.in_(old)))).rowcount
+
+        return await self._write("prune", work)
+
+    # -- attempts ----------------------------------------------------------------------------------
+
+    async def record_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
+        self._check_open("record_attempts")
+        self._pending.extend(rows.attempt_row(attempt) for attempt in attempts)
+        if len(self._pending) >= ATTEMPT_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            await self._write(f"writing {len(self._pending)} attempts", _nothing)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        await self.flush()
+
+        async def work(connection: AsyncConnection) -> StoredRun | None:
+            run = (await connection.execute(sa.select(tables.runs).where(RUN.run_id == run_id))).first()
+            if run is None:
+                return None
+            task_rows = await connection.execute(
+                sa.select(tables.tasks).where(TASK.run_id == run_id).order_by(TASK.started_at, TASK.task_id))
+            attempt_rows = await connection.execute(
+                sa.select(tables.attempts).where(ATTEMPT.run_id == run_id).order_by(ATTEMPT.id))
+            found = [rows.task_from(row) for row in task_rows]
+            return StoredRun(rows.run_from(run), {task.task_id: task for task in found},
+                             [rows.attempt_from(row) for row in attempt_rows])
+
+        return await self._read(f"load_run of run {run_id!r}", work)
+
+    async def list_runs(self, limit: int = 20, workflow: str | None = None,
+                        status: StoredRunStatus | None = None) -> list[RunRecord]:
+        statement = sa.select(tables.runs).order_by(RUN.started_at.desc(), RUN.run_id.desc()).limit(max(limit, 0))
+        if workflow is not None:
+            statement = statement.where(RUN.workflow == workflow)
+        if status is not None:
+            statement = statement.where(RUN.status == status)
+
+        async def work(connection: AsyncConnection) -> list[RunRecord]:
+            return [rows.run_from(row) for row in await connection.execute(statement)]
+
+        return await self._read("list_runs", work)
+
+    async def attempts_since(self, since: float, workflow: str | None = None) -> list[AttemptRecord]:
+        await self.flush()
+        statement = (sa.select(tables.attempts).where(ATTEMPT.started_at >= since)
+                     .order_by(ATTEMPT.started_at, ATTEMPT.id))
+        if workflow is not None:
+            statement = statement.where(ATTEMPT.workflow == workflow)
+
+        async def work(connection: AsyncConnection) -> list[AttemptRecord]:
+            return [rows.attempt_from(row) for row in await connection.execute(statement)]
+
+        return await self._read("attempts_since", work)
+
+    # -- the response cache ------------------------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> CacheEntry | None:
+        statement = sa.select(tables.cache_entries).where(
+            CACHED.key == key,
+            sa.or_(CACHED.expires_at.is_(None), CACHED.expires_at > now))
+
+        async def work(connection: AsyncConnection) -> CacheEntry | None:
+            row = (await connection.execute(statement)).first()
+            return None if row is None else rows.cache_from(row)
+
+        return await self._read("cache_get", work)
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        await self._write("cache_put", _execute(self._statements.upsert_cache, rows.cache_row(entry)))
+
+    async def cache_clear(self) -> int:
+        async def work(connection: AsyncConnection) -> int:
+            return (await connection.execute(sa.delete(tables.cache_entries))).rowcount
+
+        return await self._write("cache_clear", work)
+
+    # -- life --------------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            await self._dispose()
+
+    async def _dispose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._writer.dispose()
+            if self._reader is not self._writer:
+                await self._reader.dispose()
+
+    # -- how every statement runs ------------------------------------------------------------------
+
+    async def _write(self, what: str, work: Work[T]) -> T:
+        """Run ``work`` in a write transaction that also writes the waiting attempts; commit."""
+        self._check_open(what)
+        async with self._write_lock:
+            batch, self._pending = self._pending, []
+            try:
+                with anyio.CancelScope(shield=True):  # begun, a write ends committed or rolled back
+                    done = await self._transaction(self._writer, what, _with_attempts(self._statements, batch, work))
+            except BaseException:
+                self._pending[:0] = batch  # nothing recorded is dropped: the next write tries them again
+                raise
+        return done
+
+    async def _read(self, what: str, work: Work[T]) -> T:
+        self._check_open(what)
+        return await self._transaction(self._reader, what, work)
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise StoreError(f"run store {self.url}: {what} after the store was closed")
+
+    async def _transaction(self, engine: AsyncEngine, what: str, work: Work[T]) -> T:
+        try:
+            try:
+                return await _in_transaction(engine, work)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            # The connection died under us (a restarted server): once more on a fresh one.
+            return await _in_transaction(engine, work)
+        except FAILURES as exc:
+            raise describe_failure(self._target, what, exc, self._options) from None
+
+
+async def _in_transaction(engine: AsyncEngine, work: Work[T]) -> T:
+    async with engine.begin() as connection:
+        result = await work(connection)
+    return result
+
+
+class _Statements:
+    """The writes of rows, built once per dialect (each spells an upsert's ``ON CONFLICT`` its own way)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.upsert_run = _upsert(dialect, tables.runs)
+        self.upsert_task = _upsert(dialect, tables.tasks)
+        self.insert_attempts = sa.insert(tables.attempts)
+        self.upsert_cache = _upsert(dialect, tables.cache_entries)
+
+
+def _upsert(dialect: str, table: sa.Table) -> sa.Insert:
+    insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    changes = {column.name: insert.excluded[column.name] for column in table.columns if column.name not in keys}
+    return insert.on_conflict_do_update(index_elements=keys, set_=changes)
+
+
+def _execute(statement: sa.Executable, values: dict[str, Any] | list[dict[str, Any]] | None = None) -> Work[None]:
+    async def work(connection: AsyncConnection) -> None:
+        await connection.execute(statement, values)
+
+    return work
+
+
+def _with_attempts(statements: _Statements, batch: list[dict[str, Any]], work: Work[T]) -> Work[T]:
+    if not batch:
+        return work
+
+    async def both(connection: AsyncConnection) -> T:
+        await connection.execute(statements.insert_attempts, batch)
+        return await work(connection)
+
+    return both
+
+
+async def _nothing(_connection: AsyncConnection) -> None:
+    return None
+
+
+async def _migrate(connection: AsyncConnection) -> None:
+    await connection.run_sync(migrate.upgrade)

@@ -42,7 +42,7 @@ from engine.runtime.journal import STALE_SECONDS, Journal
 from engine.runtime.results import RunResult, TaskResult
 from engine.runtime.resume import load_resumable, new_journal, restorable
 from engine.runtime.scheduler import run_plan
-from engine.store import RunStore, TaskRecord
+from engine.store import ChatTurn, RunStore, TaskRecord
 from engine.store.stats import Stats, summarize
 from engine.templating import RenderLimits, TemplateRenderer
 
@@ -173,13 +173,22 @@ class Engine:
         """One turn of a conversation: the ``chat`` template with the session's history."""
         from engine.chat import ChatSession, reply_from
 
+        store = await self._opened_store()
         session = self._sessions.setdefault(session_id, ChatSession(session_id))
+        if store is not None:  # another process may have gone on with it: the store's history is the one
+            session = self._sessions[session_id] = ChatSession(session_id)
+            for turn in await store.session_turns(session_id):
+                session.add(turn.role, turn.content)
         result = await self.run(self.catalog.load_workflow(template),
                                 {"message": message, "history": session.history()})
         reply = reply_from(result, session)
         if reply.ok:
+            seq, now = len(session.messages), time.time()
             session.add("user", message)
             session.add("assistant", reply.answer)
+            if store is not None:
+                await store.add_turns([ChatTurn(session_id, seq, "user", message, now),
+                                       ChatTurn(session_id, seq + 1, "assistant", reply.answer, now)])
         return reply
 
     def session(self, session_id: str) -> ChatSession | None:

@@ -67,3 +67,19 @@ async def test_sessions_keep_history_and_its_tokens_which_the_gates_see() -> Non
         if not reply.ok:
             break
     assert not reply.ok and reply.result.tasks["light"].error_kind == "denied"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # aiosqlite is asyncio's
+async def test_a_session_goes_on_in_another_engine_through_the_store(tmp_path, anyio_backend: str) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    first = Engine(models=model("L"), store=url)
+    assert (await first.chat("my name is Ada", session_id="s1")).ok
+    await first.aclose()
+    fake = model("L")
+    second = Engine(models=fake, store=url)  # another process, as far as the session knows
+    assert (await second.chat("what is my name?", session_id="s1")).ok
+    asked = [call for call in fake.calls if call.model == "thinking_ai"][-1].prompt
+    assert "user: my name is Ada" in asked
+    session = second.session("s1")
+    assert session is not None and [role for role, _ in session.messages] == ["user", "assistant"] * 2
+    await second.aclose()

@@ -538,7 +538,7 @@ async def test_the_migrated_schema_matches_the_tables(store: RunStore, store_url
     finally:
         await engine.dispose()
     assert differences == []
-    assert version == "0001"
+    assert version == "0002"
 
 
 @sql_only
@@ -564,3 +564,16 @@ async def test_an_old_database_is_upgraded_when_opened(store_url: str) -> None:
             await open_store(store_url)
     finally:
         await engine.dispose()
+
+
+async def test_chat_sessions_append_in_order_and_refuse_a_taken_number(store: RunStore) -> None:
+    from engine.store import ChatTurn
+
+    assert await store.session_turns("s") == []
+    await store.add_turns([ChatTurn("s", 0, "user", "hi", 1.0), ChatTurn("s", 1, "assistant", "hello", 2.0)])
+    await store.add_turns([ChatTurn("other", 0, "user", "x", 3.0)])
+    assert [(turn.seq, turn.role, turn.content) for turn in await store.session_turns("s")] == [
+        (0, "user", "hi"), (1, "assistant", "hello")]
+    with pytest.raises(StoreError):
+        await store.add_turns([ChatTurn("s", 1, "user", "again", 4.0)])
+    assert len(await store.session_turns("s")) == 2

@@ -87,7 +87,10 @@ class Journal:
             await batch.done.wait()
         else:
             batch.writing = True
-            await anyio.lowlevel.cancel_shielded_checkpoint()  # the nodes settling in this tick join the batch
+            waiting = 0
+            while waiting != len(batch.records):  # the nodes settling meanwhile join, until a tick adds none
+                waiting = len(batch.records)
+                await anyio.lowlevel.cancel_shielded_checkpoint()
             self._batch = _Batch()
             with anyio.CancelScope(shield=True):
                 try:

@@ -8,7 +8,7 @@ from engine.errors import StoreError
 from engine.store.base import RunStore
 from engine.store.memory import MemoryStore
 from engine.store.open import default_path, open_store
-from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
 
-__all__ = ["AttemptRecord", "CacheEntry", "MemoryStore", "RunRecord", "RunStore", "StoreError", "StoredRun",
+__all__ = ["AttemptRecord", "CacheEntry", "ChatTurn", "MemoryStore", "RunRecord", "RunStore", "StoreError", "StoredRun",
            "StoredRunStatus", "TaskRecord", "default_path", "open_store"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
 
 
 class RunStore(Protocol):
@@ -63,6 +63,13 @@ class RunStore(Protocol):
 
     async def cache_clear(self) -> int:
         """Delete every cached answer; how many there were."""
+
+    async def session_turns(self, session_id: str) -> list[ChatTurn]:
+        """A chat session's messages, oldest first (none for an unknown session)."""
+
+    async def add_turns(self, turns: Sequence[ChatTurn]) -> None:
+        """Append messages to sessions (committed on return; a ``seq`` already taken is a StoreError:
+        two processes answered one session at once)."""
 
     async def flush(self) -> None:
         """Commit what is batched."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.errors import StoreError
+from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
 
 
 class MemoryStore:
@@ -19,6 +20,7 @@ class MemoryStore:
         self.tasks: dict[str, dict[str, TaskRecord]] = {}
         self.attempts: list[AttemptRecord] = []
         self.cache: dict[str, CacheEntry] = {}
+        self.sessions: dict[str, list[ChatTurn]] = {}
 
     async def create_run(self, run: RunRecord) -> None:
         self.runs[run.run_id] = run
@@ -88,6 +90,17 @@ class MemoryStore:
         count = len(self.cache)
         self.cache.clear()
         return count
+
+    async def session_turns(self, session_id: str) -> list[ChatTurn]:
+        return list(self.sessions.get(session_id, []))
+
+    async def add_turns(self, turns: Sequence[ChatTurn]) -> None:
+        for turn in turns:
+            kept = self.sessions.setdefault(turn.session_id, [])
+            if turn.seq != len(kept):
+                raise StoreError(f"chat session {turn.session_id!r} already has a message {turn.seq}: "
+                                 "it was answered elsewhere meanwhile")
+            kept.append(turn)
 
     async def flush(self) -> None:
         return None

@@ -92,6 +92,17 @@ class CacheEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """One message of a chat session, numbered from 0: a session is continued from any process."""
+
+    session_id: str
+    seq: int
+    role: str  # "user" or "assistant"
+    content: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRun:
     """A run and its task results, as read back (for resume and ``runs show``)."""
 

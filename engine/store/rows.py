@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import StoreError
-from engine.store.records import AttemptRecord, CacheEntry, RunRecord, TaskRecord
+from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, TaskRecord
 
 if TYPE_CHECKING:  # the JSON check needs no SQLAlchemy: a store without a database may use it
     from sqlalchemy.engine import Row
@@ -44,7 +44,13 @@ def checked(value: Any, what: str) -> Any:
 
 
 def _fields(record: Any) -> dict[str, Any]:
-    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+    names = _NAMES.get(type(record))
+    if names is None:  # dataclasses.fields() costs tens of microseconds a call: once per type, not per row
+        names = _NAMES[type(record)] = tuple(field.name for field in dataclasses.fields(record))
+    return {name: getattr(record, name) for name in names}
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def run_row(run: RunRecord) -> dict[str, Any]:
@@ -70,6 +76,16 @@ def cache_row(entry: CacheEntry) -> dict[str, Any]:
     row = _fields(entry)
     row["response"] = checked(entry.response, f"the cached answer {entry.key!r}")
     return row
+
+
+def turn_row(turn: ChatTurn) -> dict[str, Any]:
+    row = _fields(turn)
+    checked(turn.content, f"message {turn.seq} of chat session {turn.session_id!r}")
+    return row
+
+
+def turn_from(row: Row[Any]) -> ChatTurn:
+    return ChatTurn(**row._mapping)
 
 
 def run_from(row: Row[Any]) -> RunRecord:

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine.errors import StoreError
 from engine.store import migrate, rows, tables
 from engine.store.connect import StoreOptions, Target, build_engines, describe_failure, parse_url
-from engine.store.records import AttemptRecord, CacheEntry, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
@@ -205,6 +205,23 @@ class SqlStore:
             return (await connection.execute(sa.delete(tables.cache_entries))).rowcount
 
         return await self._write("cache_clear", work)
+
+    # -- chat sessions -----------------------------------------------------------------------------
+
+    async def session_turns(self, session_id: str) -> list[ChatTurn]:
+        turns = tables.chat_turns.c
+        statement = sa.select(tables.chat_turns).where(turns.session_id == session_id).order_by(turns.seq)
+
+        async def work(connection: AsyncConnection) -> list[ChatTurn]:
+            return [rows.turn_from(row) for row in await connection.execute(statement)]
+
+        return await self._read("session_turns", work)
+
+    async def add_turns(self, turns: Sequence[ChatTurn]) -> None:
+        # A plain insert: a message number taken already means another process answered the session
+        # meanwhile, which must not be overwritten.
+        if turns:
+            await self._write("add_turns", _execute(sa.insert(tables.chat_turns), [rows.turn_row(t) for t in turns]))
 
     # -- life --------------------------------------------------------------------------------------
 

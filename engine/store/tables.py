@@ -88,6 +88,15 @@ attempts = sa.Table(
     sa.Index(None, "workflow", "started_at"),
 )
 
+chat_turns = sa.Table(
+    "chat_turns", metadata,
+    sa.Column("session_id", sa.String(), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("role", sa.String(), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
 cache_entries = sa.Table(
     "cache_entries", metadata,
     sa.Column("key", sa.String(), primary_key=True),

@@ -310,3 +310,23 @@ def test_any_sequence_of_crashes_resumes_to_the_same_outputs(crash_after: list[i
     repeated = {prompt for prompt, count in asked.items() if count > 1}
     for finished in stored:  # a task stored as done at a crash was never asked again
         assert not {prompt for prompt in repeated if prompt.split(" ")[0] in finished}
+
+
+async def test_the_finished_items_of_a_for_each_are_not_asked_again() -> None:
+    flow = {"dsl": "orchestrion/v1", "name": "items", "defaults": {"model": "fast_ai", "retry": None},
+            "stages": [{"type": "linear", "tasks": [
+                {"id": "each", "for_each": "[1, 2, 3, 4, 5, 6]", "max_concurrency": 1, "prompt": "item {{ item }}"}]}]}
+    store = MemoryStore()
+    model = FakeModel({"fast_ai": FailingOnce("item 5")})
+    engine = Engine(models=model, store=store)
+    failed = await engine.run(flow)
+    assert failed.status == "failed"
+    saved = {int(key[5:-1]) + 1 for key, record in store.tasks[failed.run_id].items() if record.status == "item"}
+    asked_before = Counter(call.messages[-1].content for call in model.calls)
+    assert saved and saved == {int(prompt[5:]) for prompt in asked_before} - {5}  # every finished item, kept
+    resumed = await engine.resume(failed.run_id)
+    assert resumed.status == "succeeded"
+    assert resumed.tasks["each"].output == [f"<item {n}>" for n in range(1, 7)]
+    asked = Counter(call.messages[-1].content for call in model.calls)
+    assert all(asked[f"item {n}"] == 1 for n in saved)  # (trio may run the items in any order)
+    assert asked["item 5"] == 2 and sum(asked.values()) == 7

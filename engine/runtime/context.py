@@ -125,10 +125,19 @@ class RunState:
     results: dict[NodeId, TaskResult] = field(default_factory=dict)
     stopped_rounds: dict[str, int] = field(default_factory=dict)  # repeat group -> last round to run
     system_messages: dict[NodeId, str | None] = field(default_factory=dict)  # per node, when not templated
+    # With a run store: each `for_each` item's output is committed as it finishes (``save_item``), and a
+    # resumed run gets back the items finished before (``items_done``, by ``item_key``), not asking again.
+    save_item: Callable[[str, Any], Awaitable[None]] | None = None
+    items_done: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def emit(self) -> Emitter:
         return self.calls.emit
+
+    @staticmethod
+    def item_key(node_id: str, index: int) -> str:
+        """How the store names item ``index`` of a ``for_each`` node: ``research[3]``."""
+        return f"{node_id}[{index}]"
 
     def value_of(self, binding: Binding, name: str, round_: int | None, extra: Mapping[str, Any]) -> Any:
         kind = binding.kind

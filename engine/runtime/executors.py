@@ -103,9 +103,17 @@ class _Executor:
         outputs: list[Any] = [None] * len(items)
         limiter = anyio.CapacityLimiter(spec.max_concurrency or max(len(items), 1))
 
+        state, node_id = self.state, str(self.node.id)
+
         async def one(index: int, item: Any) -> None:
+            key = state.item_key(node_id, index)
+            if key in state.items_done:  # finished before the run was resumed
+                outputs[index] = state.items_done[key]
+                return
             async with limiter:
                 outputs[index] = await self._once({**variables, spec.item_name: item})
+            if state.save_item is not None:
+                await state.save_item(key, outputs[index])
 
         try:
             async with anyio.create_task_group() as group:

@@ -28,6 +28,7 @@ from engine.resilience.call import Call
 from engine.runtime.results import RunResult, TaskResult
 from engine.store import AttemptRecord, RunRecord, RunStore, TaskRecord
 
+ITEM_STATUS = "item"  # the status of a stored `for_each` item's output, beside the nodes' own results
 HEARTBEAT_SECONDS = 15.0  # a run whose heartbeat is 4 beats old is taken for dead (``STALE_SECONDS``)
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS
 
@@ -81,8 +82,15 @@ class Journal:
 
     async def checkpoint(self, result: TaskResult) -> None:
         """Commit a settled node's result; returns once it is committed (with its tick's others)."""
+        await self._commit(task_record(self.run_id, result))
+
+    async def checkpoint_item(self, key: str, output: Any) -> None:
+        """Commit the output of one item of a ``for_each`` (``RunState.item_key``), as it finishes."""
+        await self._commit(TaskRecord(self.run_id, key, ITEM_STATUS, output))
+
+    async def _commit(self, record: TaskRecord) -> None:
         batch = self._batch
-        batch.records.append(task_record(self.run_id, result))
+        batch.records.append(record)
         if batch.writing:
             await batch.done.wait()
         else:

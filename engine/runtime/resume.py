@@ -5,10 +5,11 @@ the file it came from with that file's SHA-256. A resume recompiles the same
 workflow: from the file while it is unchanged (so its relative ``workflow:``
 references still resolve), from the stored document if the file is gone, and
 refuses a changed file unless forced. The nodes that finished are restored,
-not run again: succeeded ones, and failed ones that were not critical (their
-null was the run's answer). A critical failure runs again: that is what a
-resume after fixing its cause is for. A model call that was in flight when the
-process died is made again: its answer was never stored.
+not run again: succeeded ones, failed ones that were not critical (their null
+was the run's answer), and the items of a ``for_each`` that finished. A
+critical failure runs again: that is what a resume after fixing its cause is
+for. A model call that was in flight when the process died is made again: its
+answer was never stored.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from engine.compiler.plan import Plan
 from engine.dsl.loader import load_workflow, parse_workflow
 from engine.dsl.models import Workflow
 from engine.errors import StoreError
-from engine.runtime.journal import STALE_SECONDS, Journal, run_record
+from engine.runtime.journal import ITEM_STATUS, STALE_SECONDS, Journal, run_record
 from engine.store import RunStore, StoredRun, TaskRecord
 
 
@@ -76,6 +77,10 @@ def restorable(stored: StoredRun, plan: Plan) -> dict[str, TaskRecord]:
     """The stored results a resume keeps: nodes of this plan that succeeded, or failed while not critical."""
     kept = {}
     for task_id, record in stored.tasks.items():
+        if record.status == ITEM_STATUS:  # a `for_each` item's output: kept while its node is in the plan
+            if task_id.rpartition("[")[0] in plan.nodes:
+                kept[task_id] = record
+            continue
         node = plan.nodes.get(task_id)  # type: ignore[call-overload]
         if node is None:
             continue  # a node of a changed workflow (--force) that is no longer there

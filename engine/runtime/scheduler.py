@@ -38,7 +38,7 @@ from engine.resilience.timeout import Deadlines
 from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, RunTree, Services
 from engine.runtime.executors import execute
-from engine.runtime.journal import Journal, restore
+from engine.runtime.journal import ITEM_STATUS, Journal, restore
 from engine.runtime.logs import logger
 from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
 from engine.store import TaskRecord
@@ -76,7 +76,11 @@ class _Scheduler:
         self.state = state
         self.bus = bus
         self.journal = journal
-        self.restored = restored
+        self.restored = {task_id: record for task_id, record in restored.items() if record.status != ITEM_STATUS}
+        if journal is not None:
+            state.save_item = journal.checkpoint_item
+            state.items_done = {key: record.output for key, record in restored.items()
+                                if record.status == ITEM_STATUS}
         self.plan = state.plan
         self.waiting = {node_id: len(node.depends_on) for node_id, node in self.plan.nodes.items()}
         self.state.results = {node_id: TaskResult(node_id) for node_id in self.plan.nodes}

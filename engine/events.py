@@ -110,6 +110,24 @@ class TokenDelta(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModelCalled(Event):
+    """One model call ended (each attempt is one): ``model`` is the alias asked, ``provider_model`` the name the
+    provider answered with; ``outcome`` is "ok", "cancelled" or the error's kind. Emitted only when somebody
+    listens; a cache hit is a ``CacheHit``, not a call."""
+
+    type: ClassVar[str] = "model_called"
+    model: str
+    provider_model: str | None
+    outcome: str
+    started_at: float  # Unix seconds the call was sent; ``time`` is when it ended
+    latency_s: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    finish_reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateApplied(Event):
     type: ClassVar[str] = "gate_applied"
     model: str
@@ -155,8 +173,8 @@ class EventsDropped(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, RunFinished, TaskStarted, TaskSkipped, TaskRetrying, TaskFellBack,
-                              TaskFinished, TaskFailed, TokenDelta, GateApplied, CacheHit, BreakerStateChanged,
-                              PlanCreated, EventsDropped)
+                              TaskFinished, TaskFailed, TokenDelta, ModelCalled, GateApplied, CacheHit,
+                              BreakerStateChanged, PlanCreated, EventsDropped)
 }
 
 

@@ -91,7 +91,9 @@ def test_a_run_killed_midway_resumes_without_repeating_a_finished_call(tmp_path:
     served = prompts_served(server)
     repeated = {task_of(prompt) for prompt, count in served.items() if count > 1}
     assert not repeated & finished, repeated  # only calls in flight at the kill were made again
-    assert len(repeated) <= 2  # at most the two that were in flight (max_concurrency)
+    # In flight: at most two calls running (max_concurrency), and answers whose commit had not returned
+    # yet (a task leaves the concurrency cap before its checkpoint); a handful, never the finished ones.
+    assert len(repeated) <= 4, repeated
     assert {task_of(prompt) for prompt in served} == {f"t{n:02}" for n in range(TASKS)}
 
     server.requests.clear()

@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine import Engine, Event, ModelError, event_from_dict
+from engine import Engine, Event, ModelCalled, ModelError, event_from_dict
 from engine.events import EVENT_TYPES
 from engine.testing import FakeModel, capture_events, example_for_schema
 
@@ -26,11 +26,18 @@ async def test_event_sequence_of_a_run() -> None:
     with capture_events(engine) as events:
         result = await engine.run(FLOW)
     kinds = [event.type for event in events if event.type != "token_delta"]
-    assert kinds == ["run_started", "task_started", "task_finished", "task_skipped", "run_finished"]
+    assert kinds == ["run_started", "task_started", "model_called", "task_finished", "task_skipped", "run_finished"]
     assert {event.run_id for event in events} == {result.run_id}
     assert all(event.time > 0 for event in events)
     finished = next(event for event in events if event.type == "task_finished")
     assert (finished.task_id, finished.attempt, finished.model) == ("a", 1, "fast_ai")
+    (called,) = [event for event in events if isinstance(event, ModelCalled)]
+    assert (called.task_id, called.attempt, called.model, called.provider_model, called.outcome,
+            called.finish_reason) == ("a", 1, "fast_ai", "fake/fast_ai", "ok", "stop")
+    assert (called.input_tokens, called.output_tokens) == (result.tasks["a"].input_tokens,
+                                                           result.tasks["a"].output_tokens)
+    assert called.started_at > 0 and called.latency_s >= 0
+    assert called.started_at + called.latency_s <= called.time + 1e-6 and called.time <= finished.time  # an ulp
     deltas = "".join(event.text for event in events if event.type == "token_delta")
     assert deltas == "[fast_ai] hello there"
 

@@ -37,6 +37,8 @@ def test_run_prints_outputs_and_plain_progress(capsys) -> None:
     progress = captured.err.splitlines()
     assert any("started  research (thinking_ai)" in line for line in progress)
     assert "run succeeded" in progress[-1]
+    words = {line.split()[1] for line in progress}  # a line per task event; none for a model call or a token
+    assert words == {"started", "finished", "run"}, progress
 
 
 def test_inputs_are_typed_by_the_declared_schema(tmp_path, capsys) -> None:

@@ -3,7 +3,9 @@
 It counts the attempt, tallies the tokens and the cost at the alias's price,
 names the alias that answered, and notes the answer and its cost on the call
 (for the response cache, which keeps what the attempts below it fetched). A
-streamed answer is streamed only when somebody listens to the run's events.
+streamed answer is streamed, and each attempt announced (``ModelCalled``: its
+model, outcome, latency, tokens and cost, for traces), only when somebody
+listens to the run's events.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Mapping
 import anyio
 
 from engine.errors import ConfigError, ModelError
-from engine.events import TokenDelta
+from engine.events import ModelCalled, TokenDelta
 from engine.model.client import ModelClient, ModelRequest, ModelResponse, TextDelta
 from engine.model.prices import FREE, Price
 from engine.resilience.call import Call, Pending
@@ -60,7 +62,7 @@ class ProviderStage:
 
     def enter(self, request: ModelRequest, call: Call) -> Pending:
         call.tally.attempts += 1
-        if call.run.on_attempt is not None:
+        if call.run.on_attempt is not None or call.run.emit.active:
             call.attempt_started = time.time()
         return None
 
@@ -83,7 +85,21 @@ class ProviderStage:
             call.answered, call.answered_cost = response, cost
         if call.run.on_attempt is not None:
             call.run.on_attempt(call, request.model, _outcome(response, error), response, cost)
+        if call.run.emit.active:  # nothing built when nobody listens
+            _announce(request, call, response, error, cost)
         return None
+
+
+def _announce(request: ModelRequest, call: Call, response: ModelResponse | None, error: BaseException | None,
+              cost: float) -> None:
+    usage = response.usage if response is not None else None
+    call.run.emit(ModelCalled, task_id=call.task_id, attempt=call.tally.attempts, model=request.model,
+                  provider_model=(response.model or None) if response is not None else None,
+                  outcome=_outcome(response, error), started_at=call.attempt_started,
+                  latency_s=time.time() - call.attempt_started,
+                  input_tokens=usage.input_tokens if usage is not None else 0,
+                  output_tokens=usage.output_tokens if usage is not None else 0, cost_usd=cost,
+                  finish_reason=response.finish_reason if response is not None else None)
 
 
 def _outcome(response: ModelResponse | None, error: BaseException | None) -> str:

@@ -30,21 +30,35 @@ def json_too_deep_at(text: str, limit: int) -> int | None:
     return None
 
 
-def value_too_deep(value: Any, limit: int, max_nodes: int = 1_000_000) -> bool:
-    """Whether dicts and lists nest deeper than ``limit`` in ``value`` (walked at most ``max_nodes``
-    values: a list shared in many places counts each time, and a cycle would never end)."""
-    pending: list[tuple[Any, int]] = [(value, 0)]
+class TooManyValuesError(ValueError):
+    """A value walked past ``max_nodes`` values: too large to tell how deep it nests."""
+
+
+def first_too_deep(value: Any, limit: int, max_nodes: int = 1_000_000) -> tuple[str | int, ...] | None:
+    """The path (keys and indexes) to the first dict or list nested deeper than ``limit`` in ``value``
+    (``value`` itself at depth 0), or None. TooManyValuesError after ``max_nodes`` values: a list shared in
+    many places counts each time, and a cycle would never end."""
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     for _ in range(max_nodes):
         if not pending:
-            return False
-        item, depth = pending.pop()
+            return None
+        item, path = pending.pop()
         if isinstance(item, Mapping):
-            children: Any = item.values()
+            children: Any = ((str(key), child) for key, child in item.items())
         elif isinstance(item, list | tuple):
-            children = item
+            children = enumerate(item)
         else:
             continue
-        if depth >= limit:
-            return True
-        pending.extend((child, depth + 1) for child in children)
-    return True  # too many values to tell: as unsafe to recurse into as a deep one
+        if len(path) >= limit:
+            return path
+        pending.extend((child, (*path, key)) for key, child in children)
+    raise TooManyValuesError(f"more than {max_nodes} values")
+
+
+def value_too_deep(value: Any, limit: int, max_nodes: int = 1_000_000) -> bool:
+    """Whether dicts and lists nest deeper than ``limit`` in ``value`` (too many values to tell counts
+    as too deep: as unsafe to recurse into)."""
+    try:
+        return first_too_deep(value, limit, max_nodes) is not None
+    except TooManyValuesError:
+        return True

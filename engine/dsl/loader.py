@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from engine.depth import TooManyValuesError, first_too_deep
 from engine.dsl import models
 from engine.dsl.models import FieldError, Workflow
 from engine.dsl.seed import convert_seed, is_seed_document
@@ -73,29 +74,14 @@ def _validate(data: dict[str, Any], origin: Origin) -> Workflow:
 def _check_depth(data: Mapping[str, Any], origin: Origin) -> None:
     """The text scan's limit for a mapping built in code or by the planner, walked without recursing:
     pydantic, jsonschema and the compiler recurse once or more per level."""
-    pending: list[tuple[Any, Path]] = [(data, ())]
-    for _ in range(MAX_NODES):  # a list or dict shared in many places could make the walk endless
-        if not pending:
-            return
-        value, path = pending.pop()
-        children = _children(value)
-        if children is None:
-            continue
-        if len(path) >= MAX_DOCUMENT_DEPTH:
-            raise too_deep(origin.locate(path), path)
-        pending.extend((child, (*path, key)) for key, child in children)
-    problem = Problem("too-large", f"the mapping holds more than {MAX_NODES} values",
-                      hint="a list or dict found in many places counts each time", location=origin.locate(()))
-    raise WorkflowError([problem])
-
-
-def _children(value: object) -> list[tuple[str | int, Any]] | None:
-    """The keys (or indexes) and values of a mapping or list; None for a scalar."""
-    if isinstance(value, Mapping):
-        return [(str(key), child) for key, child in value.items()]
-    if isinstance(value, list | tuple):
-        return list(enumerate(value))
-    return None
+    try:
+        path = first_too_deep(data, MAX_DOCUMENT_DEPTH, MAX_NODES)
+    except TooManyValuesError:
+        problem = Problem("too-large", f"the mapping holds more than {MAX_NODES} values",
+                          hint="a list or dict found in many places counts each time", location=origin.locate(()))
+        raise WorkflowError([problem]) from None
+    if path is not None:
+        raise too_deep(origin.locate(path), path)
 
 
 def _safe_name(stem: str) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.cli.validate import candidates, not_a_workflow
+from engine.cli.validate import candidates, read_candidate
 
 EXIT_OK, EXIT_CHANGED = 0, 1
 
@@ -30,10 +30,11 @@ def fmt_command(args: argparse.Namespace, out: TextIO) -> int:
 
     changed = failed = 0
     for path, named in candidates(args.paths):
-        if not named and not_a_workflow(path) is not None:
+        text, reason = read_candidate(path) if not named else (None, None)
+        if reason is not None:  # found in a folder, and not a workflow
             continue
         try:
-            text = path.read_text(encoding="utf-8")
+            text = text if text is not None else path.read_text(encoding="utf-8")
             formatted = format_text(text, json_file=path.suffix == ".json")
         except NotInTheDslError as error:
             if not named:  # a seed-format workflow found in a folder: run as it is, never rewritten

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_INVALID = 0, 1
 NO_DSL = "no `dsl:` key, and not the seed format"
+_TOP_LEVEL_DSL = re.compile(r"^dsl[ \t]*:", re.MULTILINE)  # a key of the top-level YAML mapping
 SUFFIXES = (".yaml", ".yml", ".json")
 # Folders a walk never enters: tools' caches and installed dependencies, not the repository's own files.
 SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "venv", "site-packages", "dist", "build"})
@@ -81,40 +83,49 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def _check(path: Path, catalog: Catalog, *, strict: bool) -> FileReport:
     from engine.compiler import compile_workflow
-    from engine.dsl.loader import load_workflow
+    from engine.dsl.loader import load_workflow, parse_workflow
 
-    reason = not_a_workflow(path)
+    text, reason = read_candidate(path)
     if reason is not None and not strict:
         return FileReport(str(path), "skipped", detail=reason)
     if reason == NO_DSL:  # named on purpose, and parses, but is something else: say so, not every key's error
         return FileReport(str(path), "invalid", [not_a_workflow_problem(path, reason)])
     try:
-        plan = compile_workflow(load_workflow(path), catalog)
+        # The text read to tell it apart is the one checked (unreadable: the loader says why).
+        workflow = parse_workflow(text, name=str(path), file=path) if text is not None else load_workflow(path)
+        plan = compile_workflow(workflow, catalog)
     except WorkflowError as exc:
         return FileReport(str(path), "invalid", exc.problems)
     return FileReport(str(path), "ok", detail=f"{len(plan.nodes)} nodes, {len(plan.edges)} edges")
 
 
-def not_a_workflow(path: Path) -> str | None:
-    """Why ``path`` is not taken for a workflow, or None if it is one (or cannot be told apart)."""
-    from engine.dsl.seed import is_seed_document
-    from engine.dsl.source import MAX_DOCUMENT_BYTES, parse_document
+def read_candidate(path: Path) -> tuple[str | None, str | None]:
+    """The file's text (None if unreadable or too large), and why it is not taken for a workflow (None if
+    it is one, or cannot be told apart). Most files are told apart without being parsed."""
+    from engine.dsl.source import MAX_DOCUMENT_BYTES
 
     try:
         if path.stat().st_size > MAX_DOCUMENT_BYTES:
-            return "larger than a workflow may be"
+            return None, "larger than a workflow may be"
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        return None  # the loader says what is wrong with it
+        return None, None  # the loader says what is wrong with it
+    return text, _why_not_a_workflow(text, str(path))
+
+
+def _why_not_a_workflow(text: str, name: str) -> str | None:
+    from engine.dsl.seed import is_seed_document
+    from engine.dsl.source import parse_document
+
     if "dsl" not in text and "workflow" not in text:
-        return NO_DSL  # most files are told apart without parsing them
+        return NO_DSL
+    if _TOP_LEVEL_DSL.search(text):  # a YAML workflow's first key: no need to parse it twice
+        return None
     try:
-        data = parse_document(text, str(path)).data
+        data = parse_document(text, name).data
     except WorkflowError:
         return None if "orchestrion/" in text else "does not parse, and does not name orchestrion/"
-    if isinstance(data, dict) and ("dsl" in data or is_seed_document(data)):
-        return None
-    return NO_DSL
+    return None if isinstance(data, dict) and ("dsl" in data or is_seed_document(data)) else NO_DSL
 
 
 def not_a_workflow_problem(path: Path, reason: str) -> Problem:

@@ -134,7 +134,3 @@ def _move_to_end(mapping: MutableMapping[str, Any], key: str) -> None:
         move(key)
     else:
         mapping[key] = mapping.pop(key)
-
-
-def is_formatted(text: str, *, json_file: bool) -> bool:
-    return format_text(text, json_file=json_file) == text

@@ -36,9 +36,7 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--inputs-file", type=Path, metavar="FILE", help="a YAML or JSON mapping of inputs")
     run.add_argument("--dry-run", action="store_true",
                      help="answer every model alias with a fake model that echoes the prompt; nothing is sent")
-    run.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
-    add_options(run, "addons", "templates", "config", "store")
+    _add_shared(run)
     run.set_defaults(handler=run_command)
 
     resume = commands.add_parser("resume", help="go on with a stored run that was interrupted, cancelled or "
@@ -46,10 +44,15 @@ def add_parser(commands: Any) -> None:
     resume.add_argument("run_id", metavar="RUN_ID")
     resume.add_argument("--force", action="store_true",
                         help="resume even if the workflow file changed since, or the run seems alive elsewhere")
-    resume.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    resume.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
-    add_options(resume, "addons", "templates", "config", "store")
+    _add_shared(resume)
     resume.set_defaults(handler=resume_command)
+
+
+def _add_shared(command: argparse.ArgumentParser) -> None:
+    """What `run` and `resume` both take: how to report, and what the engine knows."""
+    command.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    command.add_argument("--quiet", "-q", action="store_true", help="no progress, only the outputs")
+    add_options(command, "addons", "templates", "config", "store")
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:

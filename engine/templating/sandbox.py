@@ -21,6 +21,7 @@ Undefined names are errors (StrictUndefined); compiled templates are cached.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections import OrderedDict
@@ -298,10 +299,6 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         return guarded
 
 
-_FILTER_NAMES = frozenset(SandboxEnvironment().filters)
-_TEST_NAMES = frozenset(SandboxEnvironment().tests)
-
-
 class _Guards(NodeTransformer):
     """Loops iterate through the iteration budget; ``a ~ b`` goes through the size estimate."""
 
@@ -354,9 +351,16 @@ def syntax_message(error: TemplateSyntaxError) -> str:
     if unknown is None:
         return message
     kind, name = unknown.groups()
-    known = _FILTER_NAMES if kind == "filter" else _TEST_NAMES
+    known = _known_names()[kind]
     hint = did_you_mean(name, known)
     return f"no {kind} named {name!r}" + (f"; {hint}" if hint else "")
+
+
+@functools.cache
+def _known_names() -> dict[str, frozenset[str]]:
+    """The sandbox's filter and test names: built when a message first needs them, not at import."""
+    environment = SandboxEnvironment()
+    return {"filter": frozenset(environment.filters), "test": frozenset(environment.tests)}
 
 
 def _refuse_loading(tree: nodes.Template) -> None:

@@ -24,14 +24,13 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def add_parsers(commands: Any) -> None:
     runs = commands.add_parser("runs", help="the runs the store keeps: list, show one, prune old ones")
-    actions = runs.add_subparsers(dest="action", metavar="ACTION")
-    listing = runs
-    listing.add_argument("--limit", type=int, default=20, help="how many of the latest runs (default 20)")
-    listing.add_argument("--workflow", metavar="NAME", help="only the runs of this workflow")
-    listing.add_argument("--status", choices=("running", "succeeded", "failed", "cancelled", "interrupted"))
-    listing.add_argument("--json", action="store_true")
-    add_options(listing, "config", "store")
-    listing.set_defaults(handler=_with_store(_list))
+    actions = runs.add_subparsers(dest="action", metavar="ACTION")  # none: list the runs
+    runs.add_argument("--limit", type=int, default=20, help="how many of the latest runs (default 20)")
+    runs.add_argument("--workflow", metavar="NAME", help="only the runs of this workflow")
+    runs.add_argument("--status", choices=("running", "succeeded", "failed", "cancelled", "interrupted"))
+    runs.add_argument("--json", action="store_true")
+    add_options(runs, "config", "store")
+    runs.set_defaults(handler=_with_store(_list))
 
     show = actions.add_parser("show", help="a run's tasks, attempts and outputs")
     show.add_argument("run_id", metavar="RUN_ID")

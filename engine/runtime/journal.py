@@ -131,17 +131,18 @@ class Journal:
         self.record = record
 
 
+# What a stored result keeps of a TaskResult: the record's own fields, but the run's id.
+_KEPT = tuple(field.name for field in dataclasses.fields(TaskRecord) if field.name != "run_id")
+
+
 def task_record(run_id: str, result: TaskResult) -> TaskRecord:
-    return TaskRecord(run_id, result.task_id, result.status, result.output, result.model, result.attempts,
-                      result.input_tokens, result.output_tokens, result.cost_usd, result.started_at,
-                      result.ended_at, result.error, result.error_kind)
+    return TaskRecord(run_id, **{name: getattr(result, name) for name in _KEPT})
 
 
 def restore(result: TaskResult, record: TaskRecord) -> None:
     """A node's result as a run before the resume left it."""
-    for field in ("status", "output", "model", "attempts", "input_tokens", "output_tokens", "cost_usd",
-                  "started_at", "ended_at", "error", "error_kind"):
-        setattr(result, field, getattr(record, field))
+    for name in _KEPT:
+        setattr(result, name, getattr(record, name))
 
 
 def run_record(run_id: str, workflow: str, document: Mapping[str, Any], inputs: Mapping[str, Any],

@@ -235,7 +235,10 @@ async def test_calls_queued_behind_a_dead_endpoint_are_refused_once_its_breaker_
     started = anyio.current_time()
     result = await engine.run(flow(12, chain=["medium_ai", "fast_ai"]))
     assert result.status == "succeeded" and {task.output for task in result.tasks.values()} == {"backup"}
-    assert len(server.requests) == 2 and anyio.current_time() - started < 1.5  # one 0.3 s timeout, not six
+    # Two calls hold the two connections. When the first times out its slot can wake a queued call before
+    # the second timeout lands (the two deadlines are a scheduling tick apart under load); that call finds
+    # the breaker still closed and is sent. So 2 or 3 requests, never the 6 rounds of queueing.
+    assert len(server.requests) in (2, 3) and anyio.current_time() - started < 1.5  # 0.3 s timeouts, not six
 
 
 async def test_a_key_echoed_by_the_provider_is_scrubbed_from_everything(server: FaultServer, engines: Any) -> None:

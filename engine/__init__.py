@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "EngineConfig": "engine.config",
     "load_config": "engine.config",
     "Engine": "engine.core",
+    "PreparedRun": "engine.core",
     "RunEvents": "engine.core",
     "load_workflow": "engine.dsl.loader",
     "parse_workflow": "engine.dsl.loader",
@@ -129,6 +130,7 @@ __all__ = [
     "PlanOutcome",
     "PlanningError",
     "Policies",
+    "PreparedRun",
     "Price",
     "Problem",
     "Reference",
@@ -212,6 +214,7 @@ if TYPE_CHECKING:  # what type checkers and editors see ("X as X": an explicit r
     )
     from engine.core import (
         Engine as Engine,
+        PreparedRun as PreparedRun,
         RunEvents as RunEvents,
     )
     from engine.dsl.loader import (

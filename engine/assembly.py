@@ -7,6 +7,7 @@ neither has to know the other.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from engine.catalog import DEFAULT_MODEL_ALIASES
 from engine.config import EngineConfig, HttpProviderConfig
@@ -108,3 +109,23 @@ def rate_limiters(config: EngineConfig, routes: Routes) -> dict[str, RateLimiter
     """One limiter per provider with limits, shared by every alias it serves."""
     limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
     return {alias: limiters[name] for alias, (name, _) in routes.items() if name in limiters}
+
+
+def model_rows(config: EngineConfig, breakers: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per alias: provider, its kind and model name (None if no provider serves the alias),
+    context window (None if not configured), dollars per million tokens, circuit breaker state."""
+    from engine.model.prices import FREE
+
+    aliases = set(DEFAULT_MODEL_ALIASES) | set(config.models)
+    routes, costs = provider_routes(config, aliases), prices(config)
+    rows = []
+    for alias in sorted(aliases):
+        provider, model = routes.get(alias, (None, None))
+        settings, price = config.models.get(alias), costs.get(alias, FREE)
+        rows.append({
+            "alias": alias, "provider": provider, "kind": config.providers[provider].kind if provider else None,
+            "model": model, "context_window": settings.context_window if settings is not None else None,
+            "input_price": price.input, "output_price": price.output,
+            "breaker": breakers.get(alias, {}).get("state", "closed"),  # a breaker exists once its alias is called
+        })
+    return rows

@@ -42,6 +42,7 @@ from engine.runtime.journal import STALE_SECONDS, Journal
 from engine.runtime.results import RunResult, TaskResult
 from engine.runtime.resume import load_resumable, new_journal, restorable
 from engine.runtime.scheduler import run_plan
+from engine.secrets import Scrubber
 from engine.store import ChatTurn, RunStore, TaskRecord
 from engine.store.stats import Stats, summarize
 from engine.templating import RenderLimits, TemplateRenderer
@@ -50,9 +51,6 @@ if TYPE_CHECKING:
     from engine.chat import ChatReply, ChatSession
     from engine.config import EngineConfig
     from engine.planner import Planner, PlannerLimits, PlanOutcome
-
-
-_Start = Callable[[EventBus], Awaitable[RunResult]]  # a checked run, started on the bus it is given
 
 
 class Engine:
@@ -191,6 +189,11 @@ class Engine:
                                        ChatTurn(session_id, seq + 1, "assistant", reply.answer, now)])
         return reply
 
+    @property
+    def scrubber(self) -> Scrubber:
+        """What takes the configuration's secrets out of any text or value before it leaves the engine."""
+        return self._services.scrub
+
     def session(self, session_id: str) -> ChatSession | None:
         return self._sessions.get(session_id)
 
@@ -231,21 +234,33 @@ class Engine:
         return plan
 
     async def run(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
-                  *, run_id: str | None = None) -> RunResult:
+                  *, run_id: str | None = None, on_event: Listener | None = None) -> RunResult:
         """Run a workflow to the end. Invalid workflows and inputs raise before anything runs;
         a failed run is a RunResult with ``status == "failed"`` (``raise_for_status()`` raises).
         With a store, StoreError if the run cannot be recorded (before anything runs) or a result
-        cannot be saved (the run fails)."""
-        start = await self._prepare(workflow, inputs, run_id)
-        return await start(EventBus(self._listeners))
+        cannot be saved (the run fails). ``on_event`` is called with each of this run's events
+        (nested runs' included), in order, besides the engine's listeners; it must not block."""
+        prepared = await self.prepare(workflow, inputs, run_id=run_id)
+        return await prepared.start(on_event)
 
-    async def resume(self, run_id: str, *, force: bool = False) -> RunResult:
+    async def prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
+                      *, run_id: str | None = None) -> PreparedRun:
+        """``run`` in two steps: the workflow and inputs are checked (and, with a store, the run is
+        recorded) now; ``await prepared.start()`` runs it. A server answers "accepted, here is the
+        run id" between the two."""
+        return await self._prepare(workflow, inputs, run_id)
+
+    async def resume(self, run_id: str, *, force: bool = False, on_event: Listener | None = None) -> RunResult:
         """Go on with a stored run whose process died or that was cancelled or failed: the tasks
         that finished keep their results and are not run again (a model call in flight when it
         stopped is made again). StoreError if there is no such run, it succeeded, it still runs
         elsewhere, or its workflow file changed since (``force`` resumes with the file as it is)."""
-        start = await self._prepare_resume(run_id, force)
-        return await start(EventBus(self._listeners))
+        prepared = await self.prepare_resume(run_id, force=force)
+        return await prepared.start(on_event)
+
+    async def prepare_resume(self, run_id: str, *, force: bool = False) -> PreparedRun:
+        """``resume`` in two steps, as ``prepare`` is to ``run``."""
+        return await self._prepare_resume(run_id, force)
 
     @asynccontextmanager
     async def stream(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
@@ -255,18 +270,19 @@ class Engine:
         Leaving the block before the run ends cancels it. After the last event
         (``run_finished``), ``events.result`` holds the RunResult.
         """
-        async with self._stream(await self._prepare(workflow, inputs), buffer) as events:
+        async with self._stream((await self._prepare(workflow, inputs)).run_on, buffer) as events:
             yield events
 
     @asynccontextmanager
     async def stream_resume(self, run_id: str, *, force: bool = False,
                             buffer: int | None = None) -> AsyncIterator[RunEvents]:
         """``resume``, with the events of the resumed run as ``stream`` gives them."""
-        async with self._stream(await self._prepare_resume(run_id, force), buffer) as events:
+        async with self._stream((await self._prepare_resume(run_id, force)).run_on, buffer) as events:
             yield events
 
     @asynccontextmanager
-    async def _stream(self, start: _Start, buffer: int | None) -> AsyncIterator[RunEvents]:
+    async def _stream(self, start: Callable[[EventBus], Awaitable[RunResult]],
+                      buffer: int | None) -> AsyncIterator[RunEvents]:
         bus = EventBus(self._listeners)
         subscription = bus.subscribe(buffer or self.event_buffer)
         events = RunEvents(subscription)
@@ -292,7 +308,7 @@ class Engine:
         return anyio.run(functools.partial(self.run, workflow, inputs), backend=backend)
 
     async def _prepare(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None,
-                       run_id: str | None = None) -> _Start:
+                       run_id: str | None = None) -> PreparedRun:
         """A run, checked and ready to start on a bus: invalid workflows and inputs raise here."""
         if isinstance(workflow, str | Path):  # reading and parsing a file stays off the event loop
             workflow = await anyio.to_thread.run_sync(load_workflow, workflow)
@@ -300,14 +316,19 @@ class Engine:
         plan = self.compile(loaded)
         values = validate_inputs(plan.inputs, inputs)
         store = await self._opened_store()
+        run_id = run_id or uuid.uuid4().hex
         journal = await new_journal(store, loaded, plan, values, run_id) if store is not None else None
-        return _Prepared(self._services, plan, values, run_id, journal).start
+        return PreparedRun(self._services, self._listeners, plan, values, run_id, journal)
 
     async def stats(self, *, since: float = 0.0, workflow: str | None = None) -> Stats:
         """Model calls since ``since`` (a time.time()), per model and per workflow: calls, failures by
         kind, retries, cache hits, tokens, cost, latency percentiles. StoreError without a store."""
         store = await self._required_store("keeps no model calls")
         return summarize(await store.attempts_since(since, workflow), since)
+
+    async def run_store(self) -> RunStore | None:
+        """The run store, opened (and swept for runs whose process died) on first use; None without one."""
+        return await self._opened_store()
 
     async def _required_store(self, why: str) -> RunStore:
         store = await self._opened_store()
@@ -326,28 +347,38 @@ class Engine:
             self._pipeline.cache.store = store  # cached answers go where the runs go
         return self.store
 
-    async def _prepare_resume(self, run_id: str, force: bool) -> _Start:
+    async def _prepare_resume(self, run_id: str, force: bool) -> PreparedRun:
         store = await self._required_store("keeps no runs to resume")
         resumable = await load_resumable(store, run_id, force=force)
         plan = self.compile(resumable.workflow)
         values = validate_inputs(plan.inputs, resumable.inputs)
         journal = Journal(store, resumable.stored.run)
-        return _Prepared(self._services, plan, values, run_id, journal, restorable(resumable.stored, plan)).start
+        return PreparedRun(self._services, self._listeners, plan, values, run_id, journal,
+                           restorable(resumable.stored, plan))
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """A checked run: started on the event bus ``start`` is given."""
+class PreparedRun:
+    """A checked run (``Engine.prepare``), recorded in the store if there is one: ``start`` runs it."""
 
     services: Services
+    listeners: list[Listener]  # the engine's, as they are when the run starts
     plan: Plan
-    values: dict[str, Any]
-    run_id: str | None
+    inputs: dict[str, Any]  # checked, defaults filled in
+    run_id: str
     journal: Journal | None
     restored: Mapping[str, TaskRecord] | None = None
 
-    async def start(self, bus: EventBus) -> RunResult:
-        return await run_plan(self.services, self.plan, self.values, bus=bus, run_id=self.run_id,
+    @property
+    def workflow(self) -> str:
+        return self.plan.name
+
+    async def start(self, on_event: Listener | None = None) -> RunResult:
+        """Run it to the end; ``on_event`` as for ``Engine.run``."""
+        return await self.run_on(EventBus(self.listeners if on_event is None else [*self.listeners, on_event]))
+
+    async def run_on(self, bus: EventBus) -> RunResult:
+        return await run_plan(self.services, self.plan, self.inputs, bus=bus, run_id=self.run_id,
                               journal=self.journal, restored=self.restored)
 
 

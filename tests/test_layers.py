@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"planner", "chat"},
     {"assembly", "core", "tracing"},
-    {"testing", "cli", "__main__"},
+    {"testing", "cli", "server", "__main__"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}
 

@@ -35,6 +35,7 @@ from engine.errors import StoreError
 from engine.store import (
     AttemptRecord,
     CacheEntry,
+    EventRecord,
     MemoryStore,
     RunRecord,
     RunStore,
@@ -138,6 +139,13 @@ def a_run(run_id: str = "run-1", **changes: object) -> RunRecord:
     return RunRecord(**{**values, **changes})  # type: ignore[arg-type]
 
 
+def an_event(run_id: str = "run-1", seq: int = 1, **changes: object) -> EventRecord:
+    values: dict[str, object] = {"run_id": run_id, "seq": seq, "type": "task_started", "at": 1000.0 + seq,
+                                 "data": {"type": "task_started", "run_id": run_id, "time": 1000.0 + seq,
+                                          "task_id": f"task-{seq}", "attempt": None}}
+    return EventRecord(**{**values, **changes})  # type: ignore[arg-type]
+
+
 def an_attempt(run_id: str = "run-1", attempt: int = 1, **changes: object) -> AttemptRecord:
     values: dict[str, object] = {"run_id": run_id, "task_id": "draft", "attempt": attempt, "model": "fast_ai",
                                  "workflow": "flow", "started_at": 1000.0 + attempt, "latency_s": 0.25,
@@ -237,6 +245,61 @@ async def test_prune_deletes_old_finished_runs_with_their_tasks_and_attempts(sto
     kept = await store.load_run("recent")
     assert kept is not None and list(kept.tasks) == ["draft"]
     assert await store.prune(older_than=500.0) == 0
+
+
+async def test_events_round_trip_in_seq_order(store: RunStore) -> None:
+    await store.create_run(a_run())
+    first, second = an_event(seq=1, data={"type": "run_started", "inputs": OUTPUTS}), an_event(seq=2)
+    third = an_event(seq=3, type="run_finished", data={"type": "run_finished", "status": "succeeded"})
+    await store.record_events([third, first])  # in any order: read back by seq
+    await store.record_events([second])
+    await store.record_events([])
+
+    assert await store.load_events("run-1") == [first, second, third]
+    assert await store.load_events("unknown") == []
+
+
+async def test_events_are_read_after_a_seq_and_up_to_a_limit(store: RunStore) -> None:
+    await store.create_run(a_run())
+    events = [an_event(seq=seq) for seq in range(1, 11)]
+    await store.record_events(events)
+
+    assert await store.load_events("run-1", after=7) == events[7:]
+    assert await store.load_events("run-1", limit=3) == events[:3]
+    assert await store.load_events("run-1", after=2, limit=4) == events[2:6]
+    assert await store.load_events("run-1", after=10) == []
+    assert await store.load_events("run-1", limit=0) == []
+
+
+async def test_an_event_recorded_again_is_ignored(store: RunStore) -> None:
+    await store.create_run(a_run())
+    first = an_event(seq=1)
+    await store.record_events([first, an_event(seq=2)])
+    await store.record_events([an_event(seq=2, type="retried", data={"again": True}), an_event(seq=3)])
+    await store.record_events([an_event(seq=3), an_event(seq=3)])  # twice in one batch too
+
+    assert await store.load_events("run-1") == [first, an_event(seq=2), an_event(seq=3)]
+
+
+async def test_events_of_another_run_are_not_returned(store: RunStore) -> None:
+    await store.create_run(a_run("run-1"))
+    await store.create_run(a_run("run-2"))
+    await store.record_events([an_event("run-1", 1), an_event("run-2", 1), an_event("run-2", 2),
+                               an_event("run-1", 2)])
+
+    assert await store.load_events("run-1") == [an_event("run-1", 1), an_event("run-1", 2)]
+    assert await store.load_events("run-2", after=1) == [an_event("run-2", 2)]
+
+
+async def test_prune_deletes_the_events_of_pruned_runs(store: RunStore) -> None:
+    await store.create_run(a_run("old", status="succeeded", ended_at=100.0))
+    await store.create_run(a_run("recent", status="succeeded", ended_at=900.0))
+    await store.record_events([an_event("old", 1), an_event("old", 2), an_event("recent", 1)])
+
+    assert await store.prune(older_than=500.0) == 1
+
+    assert await store.load_events("old") == []
+    assert await store.load_events("recent") == [an_event("recent", 1)]
 
 
 async def test_cached_answers_expire_are_replaced_and_cleared(store: RunStore) -> None:
@@ -538,7 +601,7 @@ async def test_the_migrated_schema_matches_the_tables(store: RunStore, store_url
     finally:
         await engine.dispose()
     assert differences == []
-    assert version == "0002"
+    assert version == "0003"
 
 
 @sql_only

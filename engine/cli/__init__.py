@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrion", description="Declarative LLM workflows.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_CommandParser)
 
-    from engine.cli import fmt, history, models, plan, run, validate
+    from engine.cli import fmt, history, models, plan, run, serve, validate
 
     validate.add_parser(commands, _CHECK_OPTIONS)
     fmt.add_parser(commands)
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     history.add_parsers(commands)
     plan.add_parser(commands)
     models.add_parser(commands)
+    serve.add_parser(commands)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of workflow files")
     schema.add_argument("--path", action="store_true",

@@ -34,26 +34,9 @@ def models_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def model_rows(engine: Engine) -> list[dict[str, Any]]:
-    """One row per alias: provider, its kind and model name (None if no provider serves the alias),
-    context window (None if not configured), dollars per million tokens, circuit breaker state."""
-    from engine.assembly import prices, provider_routes
-    from engine.catalog import DEFAULT_MODEL_ALIASES
-    from engine.model.prices import FREE
+    from engine.assembly import model_rows as rows
 
-    config = engine.config
-    aliases = set(DEFAULT_MODEL_ALIASES) | set(config.models)
-    routes, costs, breakers = provider_routes(config, aliases), prices(config), engine.health()["breakers"]
-    rows = []
-    for alias in sorted(aliases):
-        provider, model = routes.get(alias, (None, None))
-        settings, price = config.models.get(alias), costs.get(alias, FREE)
-        rows.append({
-            "alias": alias, "provider": provider, "kind": config.providers[provider].kind if provider else None,
-            "model": model, "context_window": settings.context_window if settings is not None else None,
-            "input_price": price.input, "output_price": price.output,
-            "breaker": breakers.get(alias, {}).get("state", "closed"),  # a breaker exists once its alias is called
-        })
-    return rows
+    return rows(engine.config, engine.health()["breakers"])
 
 
 def _text(value: Any) -> str:

@@ -6,7 +6,8 @@ tests, and for embedded users who want a cache and stats but no file).
 
 Ordering and durability are the store's contract: when ``save_task`` returns,
 the result is committed (a resume will see it); ``create_run`` commits before
-the run's first task starts. Writes that nothing waits for (attempts, events)
+the run's first task starts; ``record_events`` commits too, so a subscriber that
+reads a run's events next finds them. Writes that nothing waits for (attempts)
 may be batched, and are flushed by ``flush`` and ``aclose``. A failed write
 raises ``StoreError``: the run fails loudly, it never drops a result silently.
 """
@@ -16,7 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.store.records import (
+    AttemptRecord,
+    CacheEntry,
+    ChatTurn,
+    EventRecord,
+    RunRecord,
+    StoredRun,
+    StoredRunStatus,
+    TaskRecord,
+)
 
 
 class RunStore(Protocol):
@@ -42,6 +52,14 @@ class RunStore(Protocol):
     async def record_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
         """Model calls, for stats (may be batched)."""
 
+    async def record_events(self, events: Sequence[EventRecord]) -> None:
+        """Append events of runs (committed on return); a (run_id, seq) already stored is ignored,
+        so a retried write does not duplicate."""
+
+    async def load_events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[EventRecord]:
+        """A run's events with ``seq`` above ``after``, by ``seq``, at most ``limit`` (none for an
+        unknown run): what a late subscriber missed."""
+
     async def load_run(self, run_id: str) -> StoredRun | None:
         """A run with its task results and attempts; None if unknown."""
 
@@ -53,7 +71,7 @@ class RunStore(Protocol):
         """Model calls started at or after ``since`` (for stats)."""
 
     async def prune(self, older_than: float) -> int:
-        """Delete finished runs that ended before ``older_than``, with their tasks and attempts."""
+        """Delete finished runs that ended before ``older_than``, with their tasks, attempts and events."""
 
     async def cache_get(self, key: str, now: float) -> CacheEntry | None:
         """A cached answer, if present and not expired."""

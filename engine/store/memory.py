@@ -11,7 +11,16 @@ import dataclasses
 from collections.abc import Sequence
 
 from engine.errors import StoreError
-from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.store.records import (
+    AttemptRecord,
+    CacheEntry,
+    ChatTurn,
+    EventRecord,
+    RunRecord,
+    StoredRun,
+    StoredRunStatus,
+    TaskRecord,
+)
 
 
 class MemoryStore:
@@ -21,6 +30,7 @@ class MemoryStore:
         self.attempts: list[AttemptRecord] = []
         self.cache: dict[str, CacheEntry] = {}
         self.sessions: dict[str, list[ChatTurn]] = {}
+        self.events: dict[str, dict[int, EventRecord]] = {}  # by run, then seq
 
     async def create_run(self, run: RunRecord) -> None:
         self.runs[run.run_id] = run
@@ -51,6 +61,14 @@ class MemoryStore:
     async def record_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
         self.attempts.extend(attempts)
 
+    async def record_events(self, events: Sequence[EventRecord]) -> None:
+        for event in events:
+            self.events.setdefault(event.run_id, {}).setdefault(event.seq, event)  # a repeat keeps the first
+
+    async def load_events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[EventRecord]:
+        kept = self.events.get(run_id, {})
+        return [kept[seq] for seq in sorted(seq for seq in kept if seq > after)][:max(limit, 0)]
+
     async def load_run(self, run_id: str) -> StoredRun | None:
         run = self.runs.get(run_id)
         if run is None:
@@ -74,6 +92,7 @@ class MemoryStore:
         for run_id in old:
             del self.runs[run_id]
             self.tasks.pop(run_id, None)
+            self.events.pop(run_id, None)
         self.attempts = [attempt for attempt in self.attempts if attempt.run_id not in old]
         return len(old)
 

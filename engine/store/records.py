@@ -1,4 +1,4 @@
-"""What the run store keeps, as plain values: the rows of runs, task results, attempts and cache entries.
+"""What the run store keeps, as plain values: the rows of runs, task results, attempts, events and cache entries.
 
 The store sits below the runtime (which converts its own results to these) and
 below the call pipeline (whose cache stage reads and writes cache entries), so
@@ -77,6 +77,18 @@ class AttemptRecord:
     output_tokens: int = 0
     cost_usd: float = 0.0
     cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event of a run, numbered from 1 in the order it was emitted: kept so a late subscriber
+    can be replayed what it missed (``data`` is the event as ``Event.to_dict`` gives it)."""
+
+    run_id: str
+    seq: int
+    type: str  # the event's type, e.g. "task_started"
+    at: float
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

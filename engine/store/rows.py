@@ -14,13 +14,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import StoreError
-from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, TaskRecord
+from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, EventRecord, RunRecord, TaskRecord
 
 if TYPE_CHECKING:  # the JSON check needs no SQLAlchemy: a store without a database may use it
     from sqlalchemy.engine import Row
 
 # The largest JSON value the store writes (a task's output, a run's inputs, outputs or document,
-# a cached answer), UTF-8 encoded. Temporal refuses payloads at 2 MB too; larger results belong
+# an event, a cached answer), UTF-8 encoded. Temporal refuses payloads at 2 MB too; larger results belong
 # in a file whose path the task returns.
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 
@@ -72,6 +72,12 @@ def attempt_row(attempt: AttemptRecord) -> dict[str, Any]:
     return _fields(attempt)
 
 
+def event_row(event: EventRecord) -> dict[str, Any]:
+    row = _fields(event)
+    row["data"] = checked(event.data, f"event {event.seq} ({event.type}) of run {event.run_id!r}")
+    return row
+
+
 def cache_row(entry: CacheEntry) -> dict[str, Any]:
     row = _fields(entry)
     row["response"] = checked(entry.response, f"the cached answer {entry.key!r}")
@@ -100,6 +106,10 @@ def attempt_from(row: Row[Any]) -> AttemptRecord:
     values = dict(row._mapping)
     del values["id"]
     return AttemptRecord(**values)
+
+
+def event_from(row: Row[Any]) -> EventRecord:
+    return EventRecord(**row._mapping)
 
 
 def cache_from(row: Row[Any]) -> CacheEntry:

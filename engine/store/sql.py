@@ -3,8 +3,9 @@
 ``await SqlStore.open(url)`` connects and migrates the schema. Then:
 
 - **Writes are committed when they return** (``create_run``, ``save_task``, ``finish_run``...),
-  each an upsert or update, so a write whose connection dropped is tried once more (uncommitted,
-  it left nothing; committed but unacknowledged, its repeat changes nothing but the attempts).
+  each an upsert or update (events: an insert that skips a stored ``(run_id, seq)``), so a write
+  whose connection dropped is tried once more (uncommitted, it left nothing; committed but
+  unacknowledged, its repeat changes nothing but the attempts).
   A write in flight finishes even if its caller is cancelled: a result is never half-written.
 - **SQLite has one writer**: writes queue on an ``anyio.Lock`` for the writer engine's only
   connection, so this process never competes with itself for the file's lock; other processes
@@ -34,13 +35,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine.errors import StoreError
 from engine.store import migrate, rows, tables
 from engine.store.connect import StoreOptions, Target, build_engines, describe_failure, parse_url
-from engine.store.records import AttemptRecord, CacheEntry, ChatTurn, RunRecord, StoredRun, StoredRunStatus, TaskRecord
+from engine.store.records import (
+    AttemptRecord,
+    CacheEntry,
+    ChatTurn,
+    EventRecord,
+    RunRecord,
+    StoredRun,
+    StoredRunStatus,
+    TaskRecord,
+)
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
 
 # Columns, by table.
-RUN, TASK, ATTEMPT, CACHED = tables.runs.c, tables.tasks.c, tables.attempts.c, tables.cache_entries.c
+RUN, TASK, ATTEMPT, EVENT, CACHED = (tables.runs.c, tables.tasks.c, tables.attempts.c, tables.events.c,
+                                     tables.cache_entries.c)
 
 ATTEMPT_BATCH = 500  # attempts kept in memory before they are written on their own
 FAILURES = (SQLAlchemyError, OSError)  # OSError: a connection refused before SQLAlchemy wraps it
@@ -123,10 +134,30 @@ class SqlStore:
 
         async def work(connection: AsyncConnection) -> int:
             await connection.execute(sa.delete(tables.attempts).where(ATTEMPT.run_id.in_(old)))
+            await connection.execute(sa.delete(tables.events).where(EVENT.run_id.in_(old)))
             await connection.execute(sa.delete(tables.tasks).where(TASK.run_id.in_(old)))
             return (await connection.execute(sa.delete(tables.runs).where(RUN.run_id.in_(old)))).rowcount
 
         return await self._write("prune", work)
+
+    # -- events -------------------------------------------------------------------------------------
+
+    async def record_events(self, events: Sequence[EventRecord]) -> None:
+        if events:
+            values = [rows.event_row(event) for event in events]
+            runs = {event.run_id for event in events}
+            whose = f"run {events[0].run_id!r}" if len(runs) == 1 else f"{len(runs)} runs"
+            await self._write(f"record_events of {len(values)} events of {whose}",
+                              _execute(self._statements.insert_events, values))
+
+    async def load_events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[EventRecord]:
+        statement = (sa.select(tables.events).where(EVENT.run_id == run_id, EVENT.seq > after)
+                     .order_by(EVENT.seq).limit(max(limit, 0)))
+
+        async def work(connection: AsyncConnection) -> list[EventRecord]:
+            return [rows.event_from(row) for row in await connection.execute(statement)]
+
+        return await self._read(f"load_events of run {run_id!r}", work)
 
     # -- attempts ----------------------------------------------------------------------------------
 
@@ -289,6 +320,7 @@ class _Statements:
         self.upsert_run = _upsert(dialect, tables.runs)
         self.upsert_task = _upsert(dialect, tables.tasks)
         self.insert_attempts = sa.insert(tables.attempts)
+        self.insert_events = _insert_new(dialect, tables.events)
         self.upsert_cache = _upsert(dialect, tables.cache_entries)
 
 
@@ -297,6 +329,12 @@ def _upsert(dialect: str, table: sa.Table) -> sa.Insert:
     keys = [column.name for column in table.primary_key.columns]
     changes = {column.name: insert.excluded[column.name] for column in table.columns if column.name not in keys}
     return insert.on_conflict_do_update(index_elements=keys, set_=changes)
+
+
+def _insert_new(dialect: str, table: sa.Table) -> sa.Insert:
+    """An insert that skips rows whose key is stored already (a retried write repeats nothing)."""
+    insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+    return insert.on_conflict_do_nothing(index_elements=[column.name for column in table.primary_key.columns])
 
 
 def _execute(statement: sa.Executable, values: dict[str, Any] | list[dict[str, Any]] | None = None) -> Work[None]:

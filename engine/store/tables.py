@@ -4,7 +4,8 @@ A change here needs a new revision in ``migrations/versions`` (tests/test_store.
 migrated database with these tables, so a forgotten one fails). Values that users shape (inputs,
 outputs, documents, cached answers) are JSON columns; times are ``time.time()`` floats; token
 counts are 64-bit. Indexes serve the store's queries: ``list_runs`` (newest first, by workflow or
-status), ``attempts_since`` (by start, by workflow), ``prune`` (by end) and the cache key.
+status), ``attempts_since`` (by start, by workflow), ``prune`` (by end) and the cache key;
+``load_events`` reads by the events' primary key.
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ tasks = sa.Table(
     sa.Column("ended_at", sa.Float),
     sa.Column("error", sa.Text),
     sa.Column("error_kind", sa.String()),
+)
+
+# A run's events, numbered from 1, for a late subscriber's replay. The key makes a retried write
+# of the same event a no-op (the store inserts with ON CONFLICT DO NOTHING).
+events = sa.Table(
+    "events", metadata,
+    sa.Column("run_id", sa.String(), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
 )
 
 # One row per model call, in the order they were recorded. Not unique on (run, task, item,

@@ -63,20 +63,15 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
         print(f"orchestrion: warning: serving on {args.host} with no API tokens: anyone who reaches it runs "
               "workflows on your keys (--tokens-file or $ORCHESTRION_API_TOKENS)", file=sys.stderr)
     engine = build_engine(args)
-    app = create_app(engine, settings)
+    app = create_app(engine, settings, close_engine=True)  # in the lifespan: uvicorn ends the process by
+    # raising SIGTERM again once it has shut down, so nothing after server.serve() would run
     config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level="info",
                             ws="websockets-sansio", timeout_graceful_shutdown=int(settings.drain_seconds) + 5)
     server = _draining_server(config, app.state.orchestrion.hub)
     print(f"orchestrion: serving on http://{args.host}:{args.port} (the run viewer at /, the API at /docs)",
           file=out, flush=True)
 
-    async def serve() -> None:
-        try:
-            await server.serve()
-        finally:
-            await engine.aclose()
-
-    asyncio.run(serve())
+    asyncio.run(server.serve())
     return 0 if server.started else 1
 
 

@@ -62,6 +62,9 @@ class TextDelta:
 class ModelClient(Protocol):
     """Answers model requests; ``stream`` yields TextDelta pieces, then the ModelResponse.
 
+    A client without ``stream`` still works: the engine calls ``complete`` and its events
+    carry no token deltas for that model.
+
     A client may also have ``async def count_tokens(self, request) -> int``: the prompt's
     exact token count by the model's own tokenizer, which the token gates then use. It must
     not block the event loop (llama.cpp's runs in a worker thread).

@@ -68,8 +68,8 @@ class ProviderStage:
 
     def send(self, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
         client = self.clients(request.model)
-        if call.run.stream_tokens and call.run.emit.active:
-            return _streamed(client, request, call)
+        if call.run.stream_tokens and call.run.emit.active and hasattr(client, "stream"):
+            return _streamed(client, request, call)  # a client with only `complete` answers in one piece
         return client.complete(request)
 
     def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,

@@ -36,7 +36,7 @@ router = APIRouter()
 open_router = APIRouter()  # no token needed
 
 
-def caller_of(request: Request) -> str:
+async def caller_of(request: Request) -> str:  # async: FastAPI runs a sync dependency in a thread
     context = context_of(request)
     caller = context.auth.caller(request)
     request.state.caller = caller

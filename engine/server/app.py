@@ -29,8 +29,9 @@ from engine.server.hub import RunHub
 from engine.server.settings import ServerSettings
 
 
-def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
-    """The adapter for ``engine``; ``settings`` for tokens, limits and CORS (default: none, 1 MiB bodies)."""
+def create_app(engine: Engine, settings: ServerSettings | None = None, *, close_engine: bool = False) -> FastAPI:
+    """The adapter for ``engine``; ``settings`` for tokens, limits and CORS (default: none, 1 MiB bodies).
+    ``close_engine`` closes it (connections, the store's batched writes) when the app shuts down."""
     from engine.server import openai_compat
 
     settings = settings or ServerSettings()
@@ -46,6 +47,8 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             finally:
                 with anyio.CancelScope(shield=True):
                     await hub.drain(settings.drain_seconds)
+                    if close_engine:
+                        await engine.aclose()
                 group.cancel_scope.cancel()
 
     app = FastAPI(title="Orchestrion", version=_version(), lifespan=lifespan,

@@ -90,6 +90,7 @@ class RunHub:
     def __init__(self, engine: Engine, scrub: Scrubber, keep_finished: int = 1000) -> None:
         self.engine, self.scrub, self.keep_finished = engine, scrub, keep_finished
         self.runs: dict[str, LiveRun] = {}
+        self._in_flight: dict[str, int] = {}  # runs not yet done, per caller
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._group: anyio.abc.TaskGroup | None = None
         self._pending: list[EventRecord] = []
@@ -133,7 +134,7 @@ class RunHub:
     # -- starting and stopping runs ---------------------------------------------------------------------
 
     def in_flight(self, caller: str) -> int:
-        return sum(1 for live in self.runs.values() if live.caller == caller and not live.done.is_set())
+        return self._in_flight.get(caller, 0)
 
     async def start(self, prepared: PreparedRun, caller: str, *, resumed: bool = False) -> LiveRun:
         """Start a checked run in the background; its id is known at once."""
@@ -148,6 +149,7 @@ class RunHub:
         live = LiveRun(prepared.run_id, prepared.workflow, caller, stored)
         self.runs[live.run_id] = live
         self._finished.pop(live.run_id, None)
+        self._in_flight[caller] = self._in_flight.get(caller, 0) + 1
         self._group.start_soon(self._drive, live, prepared.start)
         return live
 
@@ -171,6 +173,7 @@ class RunHub:
                 await self.write_events()
             live.done.set()
             live.notify()
+            self._in_flight[live.caller] -= 1
             self._retire(live)
 
     def _add(self, live: LiveRun, event: Event) -> None:

@@ -104,6 +104,7 @@ class Engine:
         self.store: RunStore | None = store if not isinstance(store, str) else None
         self._store_url = store if isinstance(store, str) else None  # opened on first use, closed by aclose
         self._owns_store = False
+        self._opening: anyio.Lock | None = None
         self._listeners: list[Listener] = []
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
         self._breakers = Breakers(config.breaker)
@@ -339,12 +340,16 @@ class Engine:
     async def _opened_store(self) -> RunStore | None:
         """The store, opened (and swept for runs whose process died) the first time it is needed."""
         if self.store is None and self._store_url is not None:
-            from engine.store import open_store
+            if self._opening is None:  # made here: an anyio lock belongs to the running loop
+                self._opening = anyio.Lock()
+            async with self._opening:  # the first runs arrive together: one store, not one each
+                if self.store is None:
+                    from engine.store import open_store
 
-            store = await open_store(self._store_url or None)
-            await store.mark_interrupted(time.time() - STALE_SECONDS)
-            self.store, self._owns_store = store, True
-            self._pipeline.cache.store = store  # cached answers go where the runs go
+                    store = await open_store(self._store_url or None)
+                    await store.mark_interrupted(time.time() - STALE_SECONDS)
+                    self.store, self._owns_store = store, True
+                    self._pipeline.cache.store = store  # cached answers go where the runs go
         return self.store
 
     async def _prepare_resume(self, run_id: str, force: bool) -> PreparedRun:

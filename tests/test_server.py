@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,11 @@ async def test_a_detached_run_answers_at_once_and_its_status_walks_to_succeeded(
                 seen.append(status)
             await anyio.sleep(0.05)
     assert seen[-1] == "succeeded" and "running" in seen and set(seen) <= {"pending", "running", "succeeded"}
+    graph = (await client.get(f"/runs/{run_id}/graph")).json()  # no store: the graph of the run held here
+    assert [node["id"] for node in graph["graph"]["nodes"]] == ["t0", "t1"]
+    assert graph["graph"]["edges"] == [["t0", "t1"]]
+    listed = (await client.get("/runs")).json()["runs"][0]
+    assert listed["run_id"] == run_id and listed["input_tokens"] > 0 and listed["ended_at"] is not None
 
 
 async def test_events_arrive_in_order_and_a_late_subscriber_misses_none(served: Any) -> None:
@@ -521,6 +527,23 @@ async def test_500_concurrent_runs_over_http_against_a_loopback_provider_lose_no
     config = EngineConfig(providers={"p": HttpProviderConfig(kind="openai", base_url=provider.url, api_key="k")},
                           models={"fast_ai": ModelConfig(provider="p", model="m")})
     engine = Engine(config, store=f"sqlite+aiosqlite:///{tmp_path}/runs.db")
+    async with engine_closed(engine):
+        results, stored = await _load(engine)
+    assert [response.status_code for response in results] == [200] * 500
+    outputs = {response.json()["outputs"]["first"] for response in results}
+    assert outputs == {f"answer:part 0 of n{index}" for index in range(500)}
+    assert len(stored) == 500 and {run.status for run in stored} == {"succeeded"}
+
+
+@asynccontextmanager
+async def engine_closed(engine: Engine) -> AsyncIterator[Engine]:
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+async def _load(engine: Engine) -> tuple[list[httpx.Response], list[Any]]:
     results: list[httpx.Response] = []
     limits = httpx.Limits(max_connections=500)
     async with serving(create_app(engine, ServerSettings(max_runs_per_token=500))) as base, \
@@ -533,9 +556,36 @@ async def test_500_concurrent_runs_over_http_against_a_loopback_provider_lose_no
                 group.start_soon(one, index)
         store = await engine.run_store()
         assert store is not None
-        stored = await store.list_runs(limit=1000)
-    await engine.aclose()
-    assert [response.status_code for response in results] == [200] * 500
-    outputs = {response.json()["outputs"]["first"] for response in results}
-    assert outputs == {f"answer:part 0 of n{index}" for index in range(500)}
-    assert len(stored) == 500 and {run.status for run in stored} == {"succeeded"}
+        return results, await store.list_runs(limit=1000)
+
+
+async def test_a_create_retried_with_the_same_idempotency_key_gives_the_same_run(served: Any) -> None:
+    store = MemoryStore()
+    client = await served(Engine(models=FakeModel(latency=0.3), store=store))
+    key = {"Idempotency-Key": "order-42"}
+    first = await client.post("/workflow?wait=false", json={"workflow": flow(1)}, headers=key)
+    second = await client.post("/workflow?wait=false", json={"workflow": flow(1)}, headers=key)
+    assert first.status_code == second.status_code == 202 and first.json()["run_id"] == second.json()["run_id"]
+    awaited = await client.post("/workflow", json={"workflow": flow(1)}, headers=key)
+    assert awaited.json()["run_id"] == first.json()["run_id"] and awaited.json()["status"] == "succeeded"
+    other = await client.post("/workflow?wait=false", json={"workflow": flow(1)}, headers={"Idempotency-Key": "43"})
+    assert other.json()["run_id"] != first.json()["run_id"]
+    assert len(await store.list_runs()) == 2
+
+
+async def test_clients_join_a_running_run_and_see_the_same_result(served: Any) -> None:
+    client = await served(Engine(models=FakeModel(latency=0.5)))
+    run_id = (await client.post("/workflow?wait=false", json={"workflow": flow(1)})).json()["run_id"]
+    results: list[dict[str, Any]] = []
+
+    async def join() -> None:
+        results.append((await client.get(f"/runs/{run_id}?wait=true")).json())
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(join)
+    assert len(results) == 3 and all(result == results[0] for result in results)
+    assert results[0]["status"] == "succeeded" and results[0]["outputs"]["first"] == "[fast_ai] part 0 of tea"
+    started = time.perf_counter()
+    assert (await client.get(f"/runs/{run_id}?wait=true")).json() == results[0]
+    assert time.perf_counter() - started < 0.5  # after the end: at once

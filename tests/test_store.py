@@ -31,6 +31,8 @@ from alembic.runtime.migration import MigrationContext
 from anyio.abc import Process
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import engine.store as stores
+from engine import Engine
 from engine.errors import StoreError
 from engine.store import (
     AttemptRecord,
@@ -48,6 +50,7 @@ from engine.store.migrate import VERSION_TABLE, alembic_config
 from engine.store.rows import MAX_VALUE_BYTES
 from engine.store.sql import ATTEMPT_BATCH, SqlStore
 from engine.store.tables import metadata
+from engine.testing import FakeModel
 from tests.support.postgres import PostgresServer, find_binaries
 
 pytestmark = pytest.mark.anyio
@@ -640,3 +643,29 @@ async def test_chat_sessions_append_in_order_and_refuse_a_taken_number(store: Ru
     with pytest.raises(StoreError):
         await store.add_turns([ChatTurn("s", 1, "user", "again", 4.0)])
     assert len(await store.session_turns("s")) == 2
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_runs_that_start_together_open_one_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       anyio_backend: str) -> None:
+    """The first runs of an engine arrive together (a server's first requests): they share one store."""
+    opened = []
+    real_open = stores.open_store
+
+    async def counting_open(url: str | None = None) -> RunStore:
+        opened.append(url)
+        return await real_open(url)
+
+    monkeypatch.setattr(stores, "open_store", counting_open)
+    engine = Engine(models=FakeModel(), store=f"sqlite+aiosqlite:///{tmp_path}/runs.db")
+    flow = {"dsl": "orchestrion/v1", "name": "f", "stages": [{"type": "linear", "tasks": [
+        {"id": "a", "model": "fast_ai", "prompt": "hi"}]}]}
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(engine.run, flow)
+        assert len(opened) == 1
+        store = await engine.run_store()
+        assert store is not None and len(await store.list_runs(limit=50)) == 20
+    finally:
+        await engine.aclose()

@@ -26,6 +26,7 @@ from engine.server.context import (
     launch,
     read_body,
     read_json,
+    same_request,
 )
 from engine.server.errors import ApiError
 from engine.suggest import did_you_mean
@@ -115,6 +116,9 @@ async def workflow(request: Request, wait: bool = True, raise_: bool = Query(Fal
                    caller: str = Caller) -> Response:
     context = context_of(request)
     body = await read_body(request, WorkflowBody)
+    repeated = await same_request(request, caller, wait=wait, raise_on_failure=raise_)
+    if repeated is not None:
+        return repeated
     loaded = parse_workflow(body.workflow, name="<request>") if isinstance(body.workflow, str) \
         else load_workflow(body.workflow)
     refuse_file_references(loaded)
@@ -132,6 +136,9 @@ async def template(request: Request, name: str, wait: bool = True, raise_: bool 
     if not isinstance(inputs, dict):
         raise ApiError(422, "invalid_inputs", "the body is the template's inputs: a JSON object")
     loaded = _known_template(context, name)
+    repeated = await same_request(request, caller, wait=wait, raise_on_failure=raise_)
+    if repeated is not None:
+        return repeated
     check_capacity(context, caller)
     prepared = await context.engine.prepare(loaded, inputs)
     return await launch(request, prepared, caller, wait=wait, raise_on_failure=raise_)

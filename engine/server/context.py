@@ -81,10 +81,26 @@ async def launch(request: Request, prepared: PreparedRun, caller: str, *, wait: 
     """Start a prepared run; answer 202 with its id at once, or 200 with its result when it ends."""
     context = context_of(request)
     try:
-        live = await context.hub.start(prepared, caller, resumed=resumed)
+        live = await context.hub.start(prepared, caller, resumed=resumed,
+                                       key=request.headers.get("idempotency-key"))
     except DrainingError:
         raise ApiError(503, "draining", "the server is shutting down and takes no new runs",
                        headers={"Retry-After": "5"}) from None
+    return await answer_for(request, live, wait=wait, raise_on_failure=raise_on_failure)
+
+
+async def same_request(request: Request, caller: str, *, wait: bool, raise_on_failure: bool) -> Response | None:
+    """The answer for a run this caller already started with the request's ``Idempotency-Key``, if any:
+    a retried create gives the same run, not a second one (kept in this process's memory)."""
+    key = request.headers.get("idempotency-key")
+    live = context_of(request).hub.by_key(caller, key) if key else None
+    if live is None:
+        return None
+    return await answer_for(request, live, wait=wait, raise_on_failure=raise_on_failure)
+
+
+async def answer_for(request: Request, live: LiveRun, *, wait: bool, raise_on_failure: bool) -> Response:
+    context = context_of(request)
     location = f"{request.scope.get('root_path', '')}/runs/{live.run_id}"
     if not wait:
         return JsonAnswer({"run_id": live.run_id, "workflow": live.workflow, "status": live.status,

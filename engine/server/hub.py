@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from engine.compiler import Plan
 from engine.core import Engine, PreparedRun
 from engine.events import Event
 from engine.runtime.results import RunResult
@@ -43,6 +44,8 @@ class LiveRun:
     def __init__(self, run_id: str, workflow: str, caller: str, stored: list[dict[str, Any]]) -> None:
         self.run_id, self.workflow, self.caller = run_id, workflow, caller
         self.status = "pending"
+        self.key: str | None = None  # the client's idempotency key
+        self.plan: Plan | None = None
         self.created_at = time.time()
         self.events: list[dict[str, Any]] = stored  # a resumed run's earlier events come first
         self.result: RunResult | None = None
@@ -63,8 +66,14 @@ class LiveRun:
         self._changed = anyio.Event()
 
     def summary(self) -> dict[str, Any]:
+        """The run as ``GET /runs`` lists it (totals once it has ended)."""
+        totals = self.result.totals if self.result is not None else None
         return {"run_id": self.run_id, "workflow": self.workflow, "status": self.status,
-                "started_at": self.created_at, "events": self.last_seq, "error": self.error}
+                "started_at": self.created_at, "ended_at": self.result.ended_at if self.result else None,
+                "error": self.error, "events": self.last_seq,
+                "cost_usd": totals.cost_usd if totals else 0.0,
+                "input_tokens": totals.input_tokens if totals else 0,
+                "output_tokens": totals.output_tokens if totals else 0}
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class RunHub:
         self.engine, self.scrub, self.keep_finished = engine, scrub, keep_finished
         self.runs: dict[str, LiveRun] = {}
         self._in_flight: dict[str, int] = {}  # runs not yet done, per caller
+        self._keys: dict[tuple[str, str], str] = {}  # (caller, idempotency key) -> run id
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._group: anyio.abc.TaskGroup | None = None
         self._pending: list[EventRecord] = []
@@ -136,8 +146,14 @@ class RunHub:
     def in_flight(self, caller: str) -> int:
         return self._in_flight.get(caller, 0)
 
-    async def start(self, prepared: PreparedRun, caller: str, *, resumed: bool = False) -> LiveRun:
-        """Start a checked run in the background; its id is known at once."""
+    def by_key(self, caller: str, key: str) -> LiveRun | None:
+        run_id = self._keys.get((caller, key))
+        return self.runs.get(run_id) if run_id is not None else None
+
+    async def start(self, prepared: PreparedRun, caller: str, *, resumed: bool = False,
+                    key: str | None = None) -> LiveRun:
+        """Start a checked run in the background; its id is known at once. ``key``: the client's
+        idempotency key, by which ``by_key`` finds the run while it is kept."""
         if self.draining:
             raise DrainingError
         if self._group is None:
@@ -147,9 +163,13 @@ class RunHub:
         if resumed and store is not None:  # a resumed run's events go on from where they stopped
             stored = [{**record.data, "seq": record.seq} for record in await store.load_events(prepared.run_id)]
         live = LiveRun(prepared.run_id, prepared.workflow, caller, stored)
+        live.plan = prepared.plan  # its graph, with or without a store
         self.runs[live.run_id] = live
         self._finished.pop(live.run_id, None)
         self._in_flight[caller] = self._in_flight.get(caller, 0) + 1
+        if key:
+            live.key = key
+            self._keys[(caller, key)] = live.run_id
         self._group.start_soon(self._drive, live, prepared.start)
         return live
 
@@ -198,7 +218,9 @@ class RunHub:
         self._finished[live.run_id] = None
         while len(self._finished) > self.keep_finished:
             old, _ = self._finished.popitem(last=False)
-            self.runs.pop(old, None)
+            retired = self.runs.pop(old, None)
+            if retired is not None and retired.key is not None:
+                self._keys.pop((retired.caller, retired.key), None)
 
     async def cancel(self, live: LiveRun, *, wait: bool) -> None:
         live.scope.cancel()

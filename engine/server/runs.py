@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from engine.graph import to_mermaid
 from engine.server.api import Caller, graph_of
-from engine.server.context import JsonAnswer, ServerContext, check_capacity, context_of, launch
+from engine.server.context import JsonAnswer, ServerContext, check_capacity, context_of, launch, wait_for
 from engine.server.errors import ApiError
 from engine.server.hub import TERMINAL, Found
 from engine.store.records import StoredRunStatus
@@ -54,11 +54,13 @@ async def list_runs(request: Request, limit: int = Query(50, ge=1, le=1000), wor
     return JsonAnswer({"runs": rows})
 
 
-@router.get("/runs/{run_id}", summary="A run: status, outputs, each task's result")
-async def show_run(request: Request, run_id: str, _: str = Caller) -> JsonAnswer:
+@router.get("/runs/{run_id}", summary="A run: status, outputs, each task's result (`?wait=true`: once it ends)")
+async def show_run(request: Request, run_id: str, wait: bool = False, _: str = Caller) -> JsonAnswer:
     found = await _found(request, run_id)
     if found.live is not None:
         live = found.live
+        if wait or (live.status in TERMINAL and live.result is None):  # join; or its result is a moment away
+            await wait_for(request, live, cancel_on_disconnect=False)
         if live.result is not None:
             return JsonAnswer(live.result.to_dict())
         return JsonAnswer({**live.summary(), "tasks": _live_tasks(live.events)})
@@ -79,11 +81,13 @@ async def show_run(request: Request, run_id: str, _: str = Caller) -> JsonAnswer
 @router.get("/runs/{run_id}/graph", summary="The run's task graph (Mermaid text, and nodes and edges)")
 async def run_graph(request: Request, run_id: str, _: str = Caller) -> JsonAnswer:
     context, found = context_of(request), await _found(request, run_id)
-    store = await context.engine.run_store()
-    stored = found.stored or (await store.load_run(run_id) if store is not None else None)
-    if stored is None:
-        raise ApiError(404, "no_graph", f"run {run_id!r} is not in the store, so its workflow is not known")
-    plan = context.engine.compile(stored.run.document)
+    plan = found.live.plan if found.live is not None else None
+    if plan is None:
+        store = await context.engine.run_store()
+        stored = found.stored or (await store.load_run(run_id) if store is not None else None)
+        if stored is None:
+            raise ApiError(404, "no_graph", f"run {run_id!r} is not in the store, so its workflow is not known")
+        plan = context.engine.compile(stored.run.document)
     return JsonAnswer({"run_id": run_id, "mermaid": to_mermaid(plan), "graph": graph_of(plan)})
 
 

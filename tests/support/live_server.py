@@ -21,13 +21,13 @@ async def serving(app: Any, **options: Any) -> AsyncIterator[str]:
     config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio",
                             timeout_graceful_shutdown=5, **options)
     server = uvicorn.Server(config)
-    async with anyio.create_task_group() as group:
-        group.start_soon(server.serve, [sock])
-        with anyio.fail_after(10):
-            while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, it has no event to wait on)
-                await anyio.sleep(0.01)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-    sock.close()
+    with sock:
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [sock])
+            with anyio.fail_after(10):
+                while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, it has no event to wait on)
+                    await anyio.sleep(0.01)
+            try:
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                server.should_exit = True

@@ -589,3 +589,12 @@ async def test_clients_join_a_running_run_and_see_the_same_result(served: Any) -
     started = time.perf_counter()
     assert (await client.get(f"/runs/{run_id}?wait=true")).json() == results[0]
     assert time.perf_counter() - started < 0.5  # after the end: at once
+
+
+async def test_with_on_disconnect_continue_an_awaited_run_outlives_its_client(served: Any) -> None:
+    client = await served(Engine(models=FakeModel(latency=0.6)), ServerSettings(on_disconnect="continue"))
+    with anyio.move_on_after(0.2):
+        await client.post("/workflow", json={"workflow": flow(1)})  # the client gives up
+    run_id = (await client.get("/runs")).json()["runs"][0]["run_id"]
+    finished = (await client.get(f"/runs/{run_id}?wait=true")).json()
+    assert finished["status"] == "succeeded"

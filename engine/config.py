@@ -103,6 +103,19 @@ class StoreConfig(StrictModel):
                             "`postgresql+asyncpg://user@host/db`. Absent: a SQLite file in the user's data folder.")
 
 
+class PlannerConfig(StrictModel):
+    """How the master planner writes workflows."""
+
+    mode: Literal["auto", "guided", "free"] = Field(
+        "auto", description="`free`: the model writes the workflow in the DSL (for capable models); `guided`: "
+        "a template or a pattern is chosen (by keywords, or by the model from an enum) and the prompts are "
+        "written from skeletons, for small models; `auto`: guided when the planner's alias runs in process "
+        "(llama_cpp), free otherwise.")
+    choose_with_model: bool = Field(
+        False, description="Guided mode: when no keyword decides the pattern, ask the planner model to choose one "
+        "(a constrained choice). Off by default: the packaged 270M model chose worse than the fixed rule.")
+
+
 class EngineConfig(StrictModel):
     """An engine's providers, model aliases, gates and resilience settings."""
 
@@ -113,6 +126,7 @@ class EngineConfig(StrictModel):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry rules.")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker rules.")
     model_concurrency: dict[str, int] = Field(default_factory=dict, description="Calls at once per alias.")
+    planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The master planner.")
     store: StoreConfig | None = Field(None, description="The run store for `orchestrion` commands (absent: a SQLite "
                                       "file in the user's data folder; null: keep nothing). Engine(store=...) in code.")
 

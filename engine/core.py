@@ -157,7 +157,18 @@ class Engine:
     def _planner(self, ask: Ask, alias: str) -> Planner:
         from engine.planner import Planner
 
-        return Planner(ask, self.catalog, self.compile, model=alias, limits=self.planner_limits, prices=self.prices)
+        return Planner(ask, self.catalog, self.compile, model=alias, limits=self.planner_limits, prices=self.prices,
+                       mode=self._planner_mode(alias), choose_with_model=self.config.planner.choose_with_model)
+
+    def _planner_mode(self, alias: str) -> Literal["guided", "free"]:
+        """The configured mode; ``auto`` is guided for a model run in process (a small local one), else free."""
+        from engine.assembly import provider_routes
+
+        mode = self.config.planner.mode
+        if mode != "auto":
+            return mode
+        route = provider_routes(self.config, {alias}).get(alias)
+        return "guided" if route is not None and self.config.providers[route[0]].kind == "llama_cpp" else "free"
 
     async def _plan_workflow(self, request: str, ask: Ask, alias: str, task_id: str) -> PlannedWorkflow:
         """A ``plan:`` task's planner: the checked workflow, or a TaskError with the last problems."""

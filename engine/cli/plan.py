@@ -19,6 +19,8 @@ def add_parser(commands: Any) -> None:
     plan.add_argument("request", help="what the workflow should do")
     plan.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the workflow here (default: stdout)")
     plan.add_argument("--model", metavar="ALIAS", help="the planner's model alias (default: thinking_ai)")
+    plan.add_argument("-v", "--verbose", action="store_true",
+                      help="say how the plan was made (template or pattern, and why) and every lint finding")
     add_options(plan, "addons", "templates", "config")
     plan.set_defaults(handler=plan_command)
 
@@ -30,11 +32,20 @@ def plan_command(args: argparse.Namespace, out: TextIO) -> int:
     from engine.schema import schema_link
 
     outcome = anyio.run(_plan, build_engine(args), args.request, args.model)
+    if args.verbose and outcome.choice is not None:
+        print(f"planned ({outcome.mode}) from the {outcome.choice.kind} {outcome.choice.name!r}: "
+              f"{outcome.choice.reason}", file=sys.stderr)
+        for name, value in outcome.choice.inputs.items():
+            print(f"    input {name} = {value!r}", file=sys.stderr)
     for number, attempt in enumerate(outcome.attempts, 1):
         verdict = "valid" if not attempt.problems else f"{len(attempt.problems)} problem(s)"
+        if not attempt.problems and attempt.lints:
+            verdict += f", {len(attempt.lints)} lint finding(s)"
         print(f"attempt {number}: {verdict}", file=sys.stderr)
         for problem in attempt.problems[:10]:
             print(f"    {problem}", file=sys.stderr)
+        for lint in attempt.lints[:10] if args.verbose else ():
+            print(f"    lint: {lint}", file=sys.stderr)
     if outcome.document is None:
         print(f"orchestrion: no valid workflow after {len(outcome.attempts)} attempts", file=sys.stderr)
         return 1

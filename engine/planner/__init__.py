@@ -8,14 +8,22 @@ grammar, so even a small local model answers in shape. The answer becomes a
 DSL document and goes through exactly the loader and static checks a file
 gets; problems are fed back for at most ``max_repairs`` repairs. Limits: task
 count, estimated cost, and no ``plan:`` tasks inside a plan (depth 1).
+
+That is the ``free`` mode, for capable models. A small model writes valid but
+useless plans that way, so the ``guided`` mode (``engine.planner.guided``) has
+it decide little: a template the request names, or one of five patterns whose
+prompts come from skeletons. Either way the plan lints (``engine.planner.lints``:
+identifier prompts, repeated prompts, unread outputs, models and addons that do
+not fit) are fed back as repairs; a plan whose repairs run out with only lint
+findings left is kept, with its findings.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from engine.catalog import Catalog
 from engine.dsl.loader import load_workflow
@@ -24,6 +32,8 @@ from engine.errors import InvalidOutputError, ModelError, Problem, TaskError, Wo
 from engine.model.client import Message, ModelRequest, build_request
 from engine.model.output import parse_output, repair_request
 from engine.model.prices import Price, estimate_usage
+from engine.planner.guided import GuidedChoice, choose_pattern, match_template, pattern_document, template_document
+from engine.planner.lints import lint_plan
 
 ALIAS_ROLES: dict[str, str] = {
     "categorizer_ai": "classifies requests", "fast_ai": "quick, simple answers", "medium_ai": "harder questions",
@@ -56,7 +66,8 @@ class PlannerLimits:
 @dataclass
 class PlanAttempt:
     answer: str
-    problems: list[str]
+    problems: list[str]  # what makes it invalid
+    lints: list[str] = field(default_factory=list)  # what makes a valid plan poor (fed back while repairs last)
 
 
 @dataclass
@@ -66,6 +77,8 @@ class PlanOutcome:
     workflow: Workflow | None
     document: dict[str, Any] | None
     attempts: list[PlanAttempt] = field(default_factory=list)
+    mode: str = "free"
+    choice: GuidedChoice | None = None  # guided: the template or pattern, and why
 
     @property
     def valid_first_try(self) -> bool:
@@ -140,61 +153,135 @@ def dump_yaml(document: Mapping[str, Any], schema_link: str | None = None) -> st
 Ask = Callable[[ModelRequest], Awaitable[Any]]  # a model call: the answer's text, or its parsed JSON
 
 
+PlannerMode = Literal["guided", "free"]
+
+
 class Planner:
     def __init__(self, ask: Ask, catalog: Catalog, compile_check: Callable[[Workflow], Any], *,
                  model: str = "thinking_ai", limits: PlannerLimits | None = None,
-                 prices: Mapping[str, Price] | None = None) -> None:
+                 prices: Mapping[str, Price] | None = None, mode: PlannerMode = "free",
+                 choose_with_model: bool = False) -> None:
         self.ask = ask
         self.catalog = catalog
         self.compile_check = compile_check  # Workflow -> Plan, raising WorkflowError
         self.model = model
         self.limits = limits or PlannerLimits()
         self.prices = prices or {}
+        self.mode = mode
+        self.choose_with_model = choose_with_model  # guided: ask the model for a pattern no keyword decides
 
     async def plan(self, request: str) -> PlanOutcome:
-        """Ask for a workflow, check it like a file, feed problems back; the outcome has every attempt."""
+        """A checked workflow for ``request``; the outcome has every attempt, its problems and lints."""
+        if self.mode == "guided":
+            return await self._plan_guided(request)
+        return await self._plan_free(request)
+
+    async def _plan_free(self, request: str) -> PlanOutcome:
+        """Ask for a workflow, check it like a file, feed problems and lints back."""
         schema = planner_schema(self.catalog, self.limits)
         message = build_request(self.model, planner_prompt(self.catalog), f"Request: {request}",
                                 temperature=0.2, max_tokens=self.limits.max_tokens, schema=schema)
         outcome = PlanOutcome(None, None)
+        best: PlanAttempt | None = None
         for _ in range(self.limits.max_repairs + 1):
             try:
                 answer = await self.ask(message)
             except InvalidOutputError as error:  # the model's JSON did not match the planner schema
                 document: dict[str, Any] = {}
+                lints: list[str] = []
                 answer, problems = error.output, [error.message]
             else:
-                problems, document = self._check(answer, schema, request)
+                problems, lints, document = self._check(answer, schema, request)
             text = answer if isinstance(answer, str) else json.dumps(answer)
-            outcome.attempts.append(PlanAttempt(text, problems))
-            if not problems:
-                outcome.document = document
+            attempt = PlanAttempt(text, problems, lints)
+            outcome.attempts.append(attempt)
+            if not problems and (best is None or len(lints) < len(best.lints)):
+                best, outcome.document = attempt, document
                 outcome.workflow = load_workflow(document)
-                return outcome
-            message = repair_request(message, text, "; ".join(problems[:8]))
+            if best is not None and not best.lints:
+                break
+            message = repair_request(message, text, "; ".join((problems or lints)[:8]))
         return outcome
 
-    def _check(self, answer: Any, schema: Mapping[str, Any], request: str) -> tuple[list[str], dict[str, Any]]:
+    async def _plan_guided(self, request: str) -> PlanOutcome:
+        """A template the request names, else a pattern (see ``engine.planner.guided``); checked and linted
+        like a free plan, so a fault in a skeleton shows as a problem, never as a silent poor plan."""
+        templates = self._templates()
+        choice = match_template(request, templates, self._shipped())
+        if choice is not None:
+            document = template_document(templates[choice.name], choice, request)
+        else:
+            choice = await choose_pattern(request, self._choose if self.choose_with_model else None)
+            document = pattern_document(choice, request, self.catalog)
+        problems, lints = self._verdict(document, request, self.limits.max_tasks if choice.kind == "pattern" else None)
+        outcome = PlanOutcome(None, None, [PlanAttempt(json.dumps(document), problems, lints)], "guided", choice)
+        if not problems:
+            outcome.document, outcome.workflow = document, load_workflow(document)
+        return outcome
+
+    async def _choose(self, question: str, options: Sequence[str], request: str) -> str | None:
+        """The planner model's pick among ``options`` (a grammar-constrained enum); None if it fails."""
+        schema = {"type": "object", "required": ["choice"], "additionalProperties": False,
+                  "properties": {"choice": {"enum": list(options)}}}
+        message = build_request(self.model, question, f"Request: {request}", temperature=0.0, max_tokens=32,
+                                schema=schema)
+        try:
+            answer = await self.ask(message)
+            parsed = parse_output(answer, schema, self.model) if isinstance(answer, str) else answer
+        except (ModelError, InvalidOutputError):
+            return None
+        choice = parsed.get("choice") if isinstance(parsed, Mapping) else None
+        return choice if isinstance(choice, str) else None
+
+    def _templates(self) -> dict[str, Workflow]:
+        loaded = {}
+        for name in self.catalog.templates:
+            try:
+                loaded[name] = self.catalog.load_workflow(name)
+            except WorkflowError:  # a broken template file is not offered
+                continue
+        return loaded
+
+    def _shipped(self) -> frozenset[str]:
+        from engine.catalog import builtin_dir
+
+        folder = builtin_dir("templates")
+        return frozenset(name for name, path in self.catalog.templates.items()
+                         if folder is not None and path.parent == folder)
+
+    def _check(self, answer: Any, schema: Mapping[str, Any],
+               request: str) -> tuple[list[str], list[str], dict[str, Any]]:
         try:
             parsed = parse_output(answer, schema, self.model) if isinstance(answer, str) else answer
         except ModelError as error:
-            return [error.message], {}
+            return [error.message], [], {}
         if not isinstance(parsed, Mapping):
-            return ["the answer is not a JSON object"], {}
+            return ["the answer is not a JSON object"], [], {}
         document = to_document(parsed, request)
+        problems, lints = self._verdict(document, request, self.limits.max_tasks)
+        return problems, lints, document
+
+    def _verdict(self, document: dict[str, Any], request: str,
+                 max_tasks: int | None) -> tuple[list[str], list[str]]:
+        """Problems (the document is invalid or over a limit) and lints (it is valid but poor)."""
         try:
             workflow = load_workflow(document)
             plan = self.compile_check(workflow)
         except WorkflowError as error:
-            return [_describe(problem) for problem in error.problems], document
+            return [_describe(problem) for problem in error.problems], []
+        problems = self._over_limits(plan, max_tasks)
+        lints = [str(lint) for lint in lint_plan(workflow, plan, self.catalog, request)]
+        return problems, lints
+
+    def _over_limits(self, plan: Any, max_tasks: int | None) -> list[str]:
         problems = []
-        if len(plan.nodes) > self.limits.max_tasks:
-            problems.append(f"{len(plan.nodes)} tasks is more than the limit of {self.limits.max_tasks}")
+        if max_tasks is not None and len(plan.nodes) > max_tasks:
+            problems.append(f"{len(plan.nodes)} tasks is more than the limit of {max_tasks}")
         cost = self._estimated_cost(plan)
         if self.limits.max_cost_usd is not None and cost > self.limits.max_cost_usd:
             problems.append(f"the workflow is estimated at ${cost:.4f}, above the limit of "
                             f"${self.limits.max_cost_usd:.4f}: use fewer or cheaper tasks")
-        return problems, document
+        return problems
 
     def _estimated_cost(self, plan: Any) -> float:
         """Each model call's prompt (before templating) plus a full answer, at its alias's price."""

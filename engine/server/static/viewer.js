@@ -171,20 +171,6 @@
     console.error(error);
   }
 
-  // -- health: is there a run store (else a run's graph comes from its template) --------------------
-
-  let storeKnown = null; // Promise<boolean | null>
-
-  function hasStore() {
-    if (storeKnown === null) {
-      storeKnown = fetch("/health")
-        .then((response) => (response.ok ? response.json() : null))
-        .then((health) => (health && health.store ? health.store.configured !== false : null))
-        .catch(() => null);
-    }
-    return storeKnown;
-  }
-
   // -- templates and the form built from an input schema --------------------------------------------
 
   let templates = [];
@@ -478,20 +464,13 @@
   }
 
   async function loadGraph(run) {
-    const signal = run.controller.signal;
-    if ((await hasStore()) !== false) {
-      try {
-        return await api(`/runs/${enc(run.id)}/graph`, { signal });
-      } catch (error) {
-        if (!(error instanceof ApiError) || error.status !== 404) throw error;
-      }
+    try {
+      return await api(`/runs/${enc(run.id)}/graph`, { signal: run.controller.signal });
+    } catch (error) {
+      // A run the server no longer holds and has no store for: its nodes appear as its events arrive.
+      if (error instanceof ApiError && error.status === 404) return null;
+      throw error;
     }
-    // Without a run store the server cannot say which workflow a run ran: its template's graph is the same.
-    if (!templates.length) await loadTemplates().catch(() => undefined);
-    const template = templates.find((item) => !item.error && item.workflow === run.workflow)
-      || templates.find((item) => !item.error && item.name === run.workflow);
-    if (!template) return null;
-    return api(`/templates/${enc(template.name)}`, { signal });
   }
 
   function closeRun() {
@@ -1170,7 +1149,6 @@
       if (event.key === "Escape" && !$("task-panel").hidden) closePanel();
     });
     window.addEventListener("hashchange", route);
-    hasStore();
     setInterval(() => {
       if (!document.hidden) refreshRuns().catch(report);
     }, RUNS_EVERY_MS);

@@ -302,3 +302,13 @@ async def test_over_http_the_second_run_sends_no_request(server: FaultServer, st
     finally:
         await engine.aclose()
         await remapped.aclose()
+
+
+def test_the_local_models_prompt_format_is_part_of_what_answers() -> None:
+    """The same request in the chat and the completion format gets different answers: never one for the other."""
+    from engine.providers.settings import LlamaCppProviderConfig
+    from engine.resilience.cache import model_target
+
+    targets = {model_target(LlamaCppProviderConfig(kind="llama_cpp", prompt_format=form), "m", "fast_ai")
+               for form in ("auto", "chat", "completion")}
+    assert len(targets) == 3

@@ -53,6 +53,11 @@ class LlamaCppProviderConfig(_Provider):
     n_ctx: int = Field(8192, ge=256, description="Context window the model is loaded with, in tokens.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice).")
     seed: int = Field(0, description="Sampling seed, for repeatable answers.")
+    prompt_format: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="How requests are put to the model: `chat` renders the turns with the model's chat "
+        "template (Gemma's turns if the GGUF has none); `completion` writes them as a plain Question/Answer "
+        "transcript for a pretrained base model to continue; `auto` uses `chat` when the GGUF has a chat "
+        "template, else `completion` (the packaged base model).")
 
 
 ProviderConfig = Annotated[

@@ -98,7 +98,8 @@ def model_target(provider: ProviderConfig, model: str, alias: str) -> str:
     if isinstance(provider, HttpProviderConfig):
         return f"{provider.kind} {provider.base_url or '(default endpoint)'} {model} json:{provider.structured_output}"
     if isinstance(provider, LlamaCppProviderConfig):  # one model file answers every alias
-        return f"{provider.kind} {provider.model_path or '(packaged model)'} seed:{provider.seed}"
+        return (f"{provider.kind} {provider.model_path or '(packaged model)'} seed:{provider.seed} "
+                f"prompt:{provider.prompt_format}")  # the same request in another format is another answer
     assert isinstance(provider, FakeProviderConfig)
     return f"{provider.kind} {model} alias:{alias}"  # its scripts are per alias
 

@@ -19,6 +19,9 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Addon": "engine.addons",
     "load_addons": "engine.addons",
+    "BatchBackend": "engine.batch",
+    "BatchItem": "engine.batch",
+    "LocalBackend": "engine.batch",
     "Catalog": "engine.catalog",
     "DEFAULT_MODEL_ALIASES": "engine.catalog",
     "ChatReply": "engine.chat",
@@ -99,6 +102,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "DEFAULT_MODEL_ALIASES",
     "Addon",
+    "BatchBackend",
+    "BatchItem",
     "BreakerStateChanged",
     "BudgetExceededError",
     "CacheHit",
@@ -116,6 +121,7 @@ __all__ = [
     "InputError",
     "InvalidOutputError",
     "Limits",
+    "LocalBackend",
     "Location",
     "Message",
     "ModelCalled",
@@ -195,6 +201,11 @@ if TYPE_CHECKING:  # what type checkers and editors see ("X as X": an explicit r
     from engine.addons import (
         Addon as Addon,
         load_addons as load_addons,
+    )
+    from engine.batch import (
+        BatchBackend as BatchBackend,
+        BatchItem as BatchItem,
+        LocalBackend as LocalBackend,
     )
     from engine.catalog import (
         DEFAULT_MODEL_ALIASES as DEFAULT_MODEL_ALIASES,

@@ -48,6 +48,9 @@ from engine.store.stats import Stats, summarize
 from engine.templating import RenderLimits, TemplateRenderer
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from engine.batch import BatchBackend, BatchItem, Inputs as BatchInputs
     from engine.chat import ChatReply, ChatSession
     from engine.config import EngineConfig
     from engine.planner import Planner, PlannerLimits, PlanOutcome
@@ -273,6 +276,22 @@ class Engine:
     async def prepare_resume(self, run_id: str, *, force: bool = False) -> PreparedRun:
         """``resume`` in two steps, as ``prepare`` is to ``run``."""
         return await self._prepare_resume(run_id, force)
+
+    def batch(self, workflow: WorkflowSource, inputs: BatchInputs, *, concurrency: int = 16,
+              backend: BatchBackend | None = None) -> AbstractAsyncContextManager[AsyncIterator[BatchItem]]:
+        """Run a workflow once per input, ``concurrency`` runs at a time, and iterate over the
+        BatchItems as the runs finish (not in input order)::
+
+            async with engine.batch(workflow, inputs, concurrency=64) as results:
+                async for item in results: ...
+
+        ``inputs`` (mappings, from an iterable or an async iterable) is read lazily, as runs can
+        start. An invalid workflow raises on entering the block, before any run; an invalid input
+        or a failed run is an item with its ``error``, the batch goes on. Leaving the block cancels
+        the runs in flight. ``backend`` runs the inputs (``LocalBackend``, this process, by default)."""
+        from engine.batch import open_batch
+
+        return open_batch(self, workflow, inputs, concurrency=concurrency, backend=backend)
 
     @asynccontextmanager
     async def stream(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,

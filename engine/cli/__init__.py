@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrion", description="Declarative LLM workflows.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_CommandParser)
 
-    from engine.cli import fmt, history, models, plan, run, serve, validate
+    from engine.cli import batch, fmt, history, models, plan, run, serve, validate
 
     validate.add_parser(commands, _CHECK_OPTIONS)
     fmt.add_parser(commands)
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     graph.set_defaults(handler=_graph)
 
     run.add_parser(commands)
+    batch.add_parser(commands)
     history.add_parsers(commands)
     plan.add_parser(commands)
     models.add_parser(commands)

@@ -24,6 +24,7 @@ from engine.events import RunFinished
 from engine.model.client import ModelRequest
 from engine.store.open import open_store
 from engine.testing import FakeModel
+from tests.support.terminal import run_in_terminal
 
 FLOW = ("dsl: orchestrion/v1\nname: echo\ninputs:\n  n: {type: integer}\nstages:\n  - type: inline\n    tasks:\n"
         "      - {id: a, model: fast_ai, prompt: 'echo {{ n }}'}\n")
@@ -391,23 +392,11 @@ def test_cli_live_progress_on_a_terminal(tmp_path: Path) -> None:
     (tmp_path / "flow.yaml").write_text(FLOW, encoding="utf-8")
     (tmp_path / "slow.yaml").write_text("providers:\n  dry: {kind: fake, latency: 0.1}\ndefault_provider: dry\n")
     write_inputs(tmp_path / "in.jsonl", [json.dumps({"n": n}) for n in range(20)])
-    script = ("import sys, pty, os\n"
-              "pid, fd = pty.fork()\n"
-              "if pid == 0:\n"
-              "    os.execv(sys.executable, [sys.executable, '-m', 'engine', 'batch', 'flow.yaml', '--inputs',"
-              " 'in.jsonl', '--out', 'out.jsonl', '--config', 'slow.yaml', '--store', 'none', '--concurrency', '2'])\n"
-              "out = b''\n"
-              "while True:\n"
-              "    try: chunk = os.read(fd, 4096)\n"
-              "    except OSError: break\n"
-              "    if not chunk: break\n"
-              "    out += chunk\n"
-              "sys.stdout.write(out.decode())\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True,
-                            cwd=tmp_path)
-    assert result.stdout.count("\x1b[2K") >= 3  # redrawn in place
-    assert "20/20 done, 0 failed" in result.stdout and "runs/s | ETA" in result.stdout
-    assert "batch done: 20 input(s) done" in result.stdout
+    printed = run_in_terminal(["batch", "flow.yaml", "--inputs", "in.jsonl", "--out", "out.jsonl", "--config",
+                               "slow.yaml", "--store", "none", "--concurrency", "2"], cwd=tmp_path, timeout=30)
+    assert printed.count("\x1b[2K") >= 3  # redrawn in place
+    assert "20/20 done, 0 failed" in printed and "runs/s | ETA" in printed
+    assert "batch done: 20 input(s) done" in printed
 
 
 def test_a_results_file_that_cannot_be_written_stops_the_batch_with_a_message(

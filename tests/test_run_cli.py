@@ -14,6 +14,7 @@ from engine import ConfigError, Engine
 from engine.cli import main
 from engine.config import load_config
 from tests.conftest import ROOT
+from tests.support.terminal import run_in_terminal
 
 EXAMPLES = {
     "templates/research_report.yaml": ["-i", "topic=solar"],
@@ -93,22 +94,10 @@ def test_without_the_local_extra_the_error_names_the_install_command(monkeypatch
 
 
 def test_live_progress_on_a_terminal() -> None:
-    script = ("import sys, pty, os\n"
-              "pid, fd = pty.fork()\n"
-              "if pid == 0:\n"
-              f"    os.execv(sys.executable, [sys.executable, '-m', 'engine', 'run',"
-              f" '{ROOT}/examples/seed_article.json', '--dry-run'])\n"
-              "out = b''\n"
-              "while True:\n"
-              "    try: chunk = os.read(fd, 4096)\n"
-              "    except OSError: break\n"
-              "    if not chunk: break\n"
-              "    out += chunk\n"
-              "sys.stdout.write(out.decode())\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    assert "\x1b[1A\x1b[2K" in result.stdout  # the view redraws in place
-    assert "2 done, 0 running, 0 failed, 0 skipped" in result.stdout
-    assert "✓ research" in result.stdout
+    printed = run_in_terminal(["run", f"{ROOT}/examples/seed_article.json", "--dry-run"])
+    assert "\x1b[1A\x1b[2K" in printed  # the view redraws in place
+    assert "2 done, 0 running, 0 failed, 0 skipped" in printed
+    assert "✓ research" in printed
 
 
 def test_run_help_is_cheap_to_start() -> None:

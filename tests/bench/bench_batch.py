@@ -37,7 +37,7 @@ import anyio
 
 from engine import Engine, load_workflow
 from engine.dsl.models import Workflow
-from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
+from tests.bench.bench_runtime import ThinClient  # the same minimal client as the runtime bench
 
 LATENCY = 0.05
 CONCURRENCY = 1_000
@@ -45,22 +45,6 @@ INPUTS = 10_000
 DOCUMENT: dict[str, Any] = {
     "dsl": "orchestrion/v1", "name": "bench_batch", "inputs": {"n": {"type": "integer"}},
     "stages": [{"type": "inline", "tasks": [{"id": "a", "model": "fast_ai", "prompt": "go {{ n }}"}]}]}
-
-
-class ThinClient:
-    """The minimal model client: sleeps, then answers with a response made once."""
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-        self.response = ModelResponse("ok", Usage(1, 1))
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        await anyio.sleep(self.latency)
-        return self.response
-
-    async def stream(self, request: ModelRequest) -> Any:  # never used: no listener is attached
-        yield TextDelta("ok")
-        yield await self.complete(request)
 
 
 def inputs(count: int) -> Iterator[dict[str, int]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import httpx
 from fastapi import Request  # module level: the route's annotation is resolved from here
 
 from engine.model.client import ModelRequest, ModelResponse, Usage
+from tests.support.live_server import free_port, wait_until_up
 
 FLOW: dict[str, Any] = {"dsl": "orchestrion/v1", "name": "bench", "inputs": {"q": {"type": "string"}},
                         "stages": [{"type": "linear", "tasks": [{"id": "a", "model": "fast_ai", "prompt": "{{ q }}"}]}],
@@ -85,23 +85,13 @@ def serve(kind: str, port: int, folder: str) -> None:
 
 @contextmanager
 def server(kind: str) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         process = subprocess.Popen([sys.executable, "-m", "tests.bench.bench_server", "--serve", kind, str(port),
                                     folder], env={**os.environ, "PYTHONWARNINGS": "ignore"})
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            wait_until_up(url, process)
             yield url
         finally:
             process.terminate()

@@ -99,7 +99,9 @@ class Engine:
         self.config = config
         self.functions: dict[str, Callable[..., Any]] = {**BUILTIN_FUNCTIONS, **(functions or {})}
         self._clients = clients_for(config, models)
-        self.catalog = Catalog.default(addon_dirs, template_dirs, models=self._clients.by_alias,
+        self._models_given = models is not None  # clients that are objects here, not configuration
+        self.addon_dirs, self.template_dirs = tuple(addon_dirs), tuple(template_dirs)  # the folders given
+        self.catalog = Catalog.default(self.addon_dirs, self.template_dirs, models=self._clients.by_alias,
                                        functions=self.functions)
         self.prices = {**configured_prices(config), **(prices or {})}
         self.planner_limits = planner_limits or PlannerLimits()

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"resilience"},
     {"runtime"},
     {"planner", "chat"},
-    {"assembly", "batch", "core", "tracing"},
+    {"assembly", "batch", "batch_ray", "core", "recipe", "tracing"},
     {"testing", "cli", "server", "__main__"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}

@@ -25,12 +25,13 @@ if TYPE_CHECKING:
     from anyio import CancelScope
     from anyio.abc import TaskStatus
 
-    from engine.batch import BatchItem
+    from engine.batch import BatchBackend, BatchItem
+    from engine.batch_ray import RayBackend
     from engine.core import Engine
     from engine.dsl.models import Workflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-BACKENDS = ("local",)  # another backend is named here once the code runs it
+BACKENDS = ("local", "ray")
 CHUNK = 1 << 16  # bytes read at a time from the JSONL files
 
 
@@ -44,7 +45,15 @@ def add_parser(commands: Any) -> None:
     batch.add_argument("--concurrency", type=_positive, default=16, metavar="N", help="runs at a time (default 16)")
     batch.add_argument("--resume", action="store_true",
                        help="go on with an interrupted batch: skip the indexes already in --out and append")
-    batch.add_argument("--backend", choices=BACKENDS, default="local", help="where the runs go (default local)")
+    batch.add_argument("--backend", choices=BACKENDS, default="local",
+                       help="where the runs go: this process (local, the default) or a Ray cluster (ray, with "
+                            "pip install 'orchestrion[ray]')")
+    batch.add_argument("--address", metavar="ADDRESS",
+                       help="with --backend ray, the cluster: `auto` (the default: the one `ray start` runs here, or "
+                            "RAY_ADDRESS), `local` (start one on this machine, bound to 127.0.0.1, for this batch) "
+                            "or ray://HOST:PORT")
+    batch.add_argument("--actors", type=_positive, metavar="N",
+                       help="with --backend ray, the Ray actors hosting the runs (default 2, each up to 200 runs)")
     batch.add_argument("--dry-run", action="store_true",
                        help="answer every model alias with a fake model that echoes the prompt; nothing is sent")
     add_options(batch, "addons", "templates", "config", "store")
@@ -71,14 +80,37 @@ def batch_command(args: argparse.Namespace, out: TextIO) -> int:
     engine = build_engine(args)
     workflow = engine.load(args.file)
     engine.compile(workflow)  # an invalid workflow is reported before anything runs
+    stops: tuple[type[Exception], ...] = (OSError,)  # what stops a batch: the results file cannot be written
+    ray: RayBackend | None = None
+    backend: BatchBackend
+    if args.backend == "ray":
+        try:
+            backend = ray = _ray_backend(engine, args)
+        except ImportError as exc:
+            print(f"orchestrion: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            print(f"orchestrion: no Ray cluster at {args.address or 'auto'}: {exc} (`--address local` starts one "
+                  "on this machine)", file=sys.stderr)
+            return EXIT_FAILED
+        from engine.batch_ray import RayBackendError
+
+        stops += (RayBackendError,)  # the actors could not start, or all died
+    else:
+        from engine.batch import LocalBackend
+
+        backend = LocalBackend()
     tally = Tally(sys.stderr)
     failure: BaseException | None = None
     try:
-        anyio.run(_batch, engine, workflow, args, tally)
-    except* OSError as group:  # the results file could not be written (a full disk, a removed folder)
+        anyio.run(_batch, engine, workflow, args, tally, backend)
+    except* stops as group:
         failure = group
-        while isinstance(failure, BaseExceptionGroup):  # the task groups nest it: the OSError itself
+        while isinstance(failure, BaseExceptionGroup):  # the task groups nest it: the error itself
             failure = failure.exceptions[0]
+    finally:
+        if ray is not None:
+            ray.shutdown()  # a cluster started for this batch stops with it
     if failure is not None:
         print(f"\norchestrion: the batch stopped: {failure}; what finished is in {args.out}, "
               "run again with --resume", file=sys.stderr)
@@ -86,7 +118,22 @@ def batch_command(args: argparse.Namespace, out: TextIO) -> int:
     return _report(args, tally)
 
 
+def _ray_backend(engine: Engine, args: argparse.Namespace) -> RayBackend:
+    """The Ray backend, connected on this thread (``ray.init`` blocks) once the engine is known to cross."""
+    from engine.batch_ray import RayBackend
+    from engine.recipe import EngineRecipe
+
+    backend = RayBackend(args.address or "auto", actors=args.actors or 2)  # ImportError without Ray
+    EngineRecipe.of(engine)  # ConfigError for what cannot reach the actors, before a cluster is joined
+    backend.connect()
+    return backend
+
+
 def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.backend != "ray":
+        for flag, value in (("--address", args.address), ("--actors", args.actors)):
+            if value is not None:
+                return f"{flag} is for --backend ray"
     if not args.inputs.is_file():
         return f"{args.inputs}: no such file of inputs"
     if args.out.is_dir() or not args.out.parent.is_dir():
@@ -114,11 +161,10 @@ def _report(args: argparse.Namespace, tally: Tally) -> int:
     return EXIT_OK
 
 
-async def _batch(engine: Engine, workflow: Workflow, args: argparse.Namespace, tally: Tally) -> None:
+async def _batch(engine: Engine, workflow: Workflow, args: argparse.Namespace, tally: Tally,
+                 backend: BatchBackend) -> None:
     """Run the batch; a signal stops it (``tally.stopped_by``) with every finished result written."""
     import anyio
-
-    from engine.batch import LocalBackend
 
     try:
         await engine.run_store()  # one that cannot be opened is reported as such, not once per input
@@ -132,8 +178,7 @@ async def _batch(engine: Engine, workflow: Workflow, args: argparse.Namespace, t
                     group.start_soon(tally.refresh)
                 positions: dict[int, int] = {}  # the batch's index -> the line's, while the run is in flight
                 inputs = _inputs(args.inputs, done, positions, writer, tally)
-                async with engine.batch(workflow, inputs, concurrency=args.concurrency,
-                                        backend={"local": LocalBackend}[args.backend]()) as results:
+                async with engine.batch(workflow, inputs, concurrency=args.concurrency, backend=backend) as results:
                     async for item in results:
                         line = result_line(positions.pop(item.index), item)
                         await writer.write(line)

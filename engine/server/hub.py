@@ -96,7 +96,7 @@ class DrainingError(Exception):
 
 
 class RunHub:
-    def __init__(self, engine: Engine, scrub: Scrubber, keep_finished: int = 1000) -> None:
+    def __init__(self, engine: Engine, scrub: Scrubber, keep_finished: int = 256) -> None:
         self.engine, self.scrub, self.keep_finished = engine, scrub, keep_finished
         self.runs: dict[str, LiveRun] = {}
         self._in_flight: dict[str, int] = {}  # runs not yet done, per caller

@@ -32,7 +32,7 @@ class ServerSettings(BaseModel):
                                                          "they are cancelled (checkpointed: `resume` goes on).")
     on_disconnect: Literal["cancel", "continue"] = Field(
         "cancel", description="What an awaited run does when its client goes away.")
-    keep_finished: int = Field(1000, ge=0, description="Finished runs kept in memory for late subscribers "
+    keep_finished: int = Field(256, ge=0, description="Finished runs kept in memory for late subscribers "
                                                        "(the store keeps every run).")
 
     @classmethod

@@ -314,7 +314,7 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     flow.write_text(FLOW, encoding="utf-8")
     inputs = write_inputs(tmp_path / "in.jsonl", ['{"n": 1}'])
     base = ["batch", str(flow), "--inputs", str(inputs), "--dry-run", "--store", "none"]
-    for extra in (["--out", "o.jsonl", "--backend", "ray"], ["--out", "o.jsonl", "--concurrency", "0"], []):
+    for extra in (["--out", "o.jsonl", "--backend", "dask"], ["--out", "o.jsonl", "--concurrency", "0"], []):
         with pytest.raises(SystemExit) as exited:
             main([*base, *extra])
         assert exited.value.code == 2

@@ -433,6 +433,7 @@ async def test_after_a_restart_the_events_replay_from_the_store(served: Any, tmp
     async with serving(create_app(first)) as base, httpx.AsyncClient(base_url=base) as client:
         run_id = (await client.post("/workflow", json={"workflow": flow(2)})).json()["run_id"]
         before, _ = await sse_events(client, f"/runs/{run_id}/events")
+        held = (await client.get(f"/runs/{run_id}")).json()
     await first.aclose()
     second = Engine(models=FakeModel(), store=url)
     client = await served(second)
@@ -440,6 +441,8 @@ async def test_after_a_restart_the_events_replay_from_the_store(served: Any, tmp
     assert after == before and after[-1]["type"] == "run_finished"
     shown = (await client.get(f"/runs/{run_id}")).json()
     assert shown["status"] == "succeeded" and shown["tasks"]["t1"]["output"] == "[fast_ai] part 1 of tea"
+    assert set(shown) - {"inputs"} == set(held) and set(shown["tasks"]["t1"]) == set(held["tasks"]["t1"])
+    assert shown["outputs"] == held["outputs"] and shown["totals"]["input_tokens"] == held["totals"]["input_tokens"]
     graph = (await client.get(f"/runs/{run_id}/graph")).json()
     assert {node["id"] for node in graph["graph"]["nodes"]} == {"t0", "t1"}
     await second.aclose()

@@ -19,11 +19,12 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from fastapi.responses import Response, StreamingResponse
 
 from engine.graph import to_mermaid
+from engine.runtime.journal import ITEM_STATUS
 from engine.server.api import Caller, graph_of
 from engine.server.context import JsonAnswer, ServerContext, check_capacity, context_of, launch, wait_for
 from engine.server.errors import ApiError
 from engine.server.hub import TERMINAL, Found
-from engine.store.records import StoredRunStatus
+from engine.store.records import StoredRun, StoredRunStatus
 
 router = APIRouter()
 ws_router = APIRouter()
@@ -65,17 +66,27 @@ async def show_run(request: Request, run_id: str, wait: bool = False, _: str = C
             return JsonAnswer(live.result.to_dict())
         return JsonAnswer({**live.summary(), "tasks": _live_tasks(live.events)})
     assert found.stored is not None
-    run, tasks = found.stored.run, found.stored.tasks
-    return JsonAnswer({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
-                       "started_at": run.started_at, "ended_at": run.ended_at, "outputs": run.outputs,
-                       "error": run.error, "inputs": run.inputs,
-                       "totals": {"input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
-                                  "cost_usd": run.cost_usd},
-                       "tasks": {task_id: {"task_id": task_id, "status": task.status, "output": task.output,
-                                           "model": task.model, "attempts": task.attempts,
-                                           "input_tokens": task.input_tokens, "output_tokens": task.output_tokens,
-                                           "cost_usd": task.cost_usd, "error": task.error}
-                                 for task_id, task in tasks.items()}})
+    return JsonAnswer(stored_result(found.stored))
+
+
+def stored_result(stored: StoredRun) -> dict[str, Any]:
+    """A stored run in the shape of ``RunResult.to_dict()`` (what a run held here answers), with its inputs."""
+    run = stored.run
+    tasks = {task_id: {"task_id": task_id, "status": task.status, "output": task.output, "model": task.model,
+                       "attempts": task.attempts, "input_tokens": task.input_tokens,
+                       "output_tokens": task.output_tokens, "cost_usd": task.cost_usd, "started_at": task.started_at,
+                       "ended_at": task.ended_at, "error": task.error, "error_kind": task.error_kind}
+             for task_id, task in stored.tasks.items() if task.status != ITEM_STATUS}
+    ended = run.ended_at
+    models = sorted({task["model"] for task in tasks.values() if task["model"]})
+    failed = next((task_id for task_id, task in tasks.items() if task["status"] == "failed"), None)
+    return {"run_id": run.run_id, "workflow": run.workflow, "status": run.status, "outputs": run.outputs or {},
+            "tasks": tasks,
+            "totals": {"input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
+                       "cost_usd": run.cost_usd, "wall_time_s": (ended - run.started_at) if ended else None,
+                       "models_used": models},
+            "started_at": run.started_at, "ended_at": ended, "error": run.error,
+            "failed_task": failed if run.status == "failed" else None, "inputs": run.inputs}
 
 
 @router.get("/runs/{run_id}/graph", summary="The run's task graph (Mermaid text, and nodes and edges)")

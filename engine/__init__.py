@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "BatchBackend": "engine.batch",
     "BatchItem": "engine.batch",
     "LocalBackend": "engine.batch",
+    "RayBackend": "engine.batch_ray",
     "Catalog": "engine.catalog",
     "DEFAULT_MODEL_ALIASES": "engine.catalog",
     "ChatReply": "engine.chat",
@@ -139,6 +140,7 @@ __all__ = [
     "PreparedRun",
     "Price",
     "Problem",
+    "RayBackend",
     "Reference",
     "RenderLimits",
     "Repeat",
@@ -206,6 +208,9 @@ if TYPE_CHECKING:  # what type checkers and editors see ("X as X": an explicit r
         BatchBackend as BatchBackend,
         BatchItem as BatchItem,
         LocalBackend as LocalBackend,
+    )
+    from engine.batch_ray import (
+        RayBackend as RayBackend,
     )
     from engine.catalog import (
         DEFAULT_MODEL_ALIASES as DEFAULT_MODEL_ALIASES,

@@ -50,7 +50,7 @@ def add_parser(commands: Any) -> None:
                             "pip install 'orchestrion[ray]')")
     batch.add_argument("--address", metavar="ADDRESS",
                        help="with --backend ray, the cluster: `auto` (the default: the one `ray start` runs here, or "
-                            "RAY_ADDRESS), `local` (start one on this machine, bound to 127.0.0.1, for this batch) "
+                            "RAY_ADDRESS), `local` (start one on this machine, its node at 127.0.0.1, for this batch) "
                             "or ray://HOST:PORT")
     batch.add_argument("--actors", type=_positive, metavar="N",
                        help="with --backend ray, the Ray actors hosting the runs (default 2, each up to 200 runs)")

@@ -8,8 +8,15 @@ asserts nothing about time.
    ``await anyio.sleep(0.05)``, then a ModelResponse made once), 1,000 runs at a time:
    - **floor**: a bare anyio loop calling ``engine.run`` with the same bound (a semaphore taken
      before each run starts, a task group): what the seam costs is the difference;
-   - **engine.batch**: the local backend, items read as they come.
-   The ideal is 1,000 / 0.05 s = 20,000 runs/s; both are bound by the engine's own cost per run.
+   - **engine.batch**: the local backend, items read as they come;
+   - **engine.batch, fake provider**: the same with the configuration's ``fake`` provider (latency
+     50 ms) in place of ThinClient: what the Ray actors run, since a client object cannot cross;
+   - **engine.batch, Ray backend**: on a Ray cluster of this machine started for the benchmark
+     (``ray.init(address="local", num_cpus=2)``, 127.0.0.1), 2 actors of up to 500 runs each, the
+     fake provider; each sample starts its actors and ends them (about 0.2 s of it). Skipped with
+     a note without Ray (``pip install 'orchestrion[ray]'``).
+   The ideal is 1,000 / 0.05 s = 20,000 runs/s; all are bound by the engine's own cost per run (and
+   Ray's per call: the caller submits and awaits each run, two CPUs serve the caller and both actors).
 2. Peak memory of a batch of 10,000 and of 100,000 inputs (from a generator), each in a fresh
    process (``--rss N``) that first builds the engine, compiles the plan and runs a batch of 100,
    frees what that left (gc, malloc_trim) and resets its peak (``/proc/self/clear_refs``): "the
@@ -35,7 +42,8 @@ from typing import Any
 
 import anyio
 
-from engine import Engine, load_workflow
+from engine import Engine, EngineConfig, load_workflow
+from engine.batch import BatchBackend
 from engine.dsl.models import Workflow
 from tests.bench.bench_runtime import ThinClient  # the same minimal client as the runtime bench
 
@@ -71,24 +79,46 @@ async def floor(engine: Engine, workflow: Workflow, count: int, concurrency: int
     return done
 
 
-async def batch(engine: Engine, workflow: Workflow, count: int, concurrency: int) -> int:
+async def batch(engine: Engine, workflow: Workflow, count: int, concurrency: int,
+                backend: BatchBackend | None = None) -> int:
     done = 0
-    async with engine.batch(workflow, inputs(count), concurrency=concurrency) as results:
+    async with engine.batch(workflow, inputs(count), concurrency=concurrency, backend=backend) as results:
         async for item in results:
             done += item.ok
     return done
 
 
-async def throughput(samples: int) -> None:
-    engine = Engine(models=ThinClient(LATENCY))
+def fake_engine() -> Engine:
+    """An engine whose models are the configuration's fake provider: it crosses to Ray's actors as data."""
+    return Engine(EngineConfig.model_validate({"providers": {"dry": {"kind": "fake", "latency": LATENCY}},
+                                               "default_provider": "dry"}))
+
+
+RAY_LABEL = "engine.batch, Ray backend, 2x500"
+
+
+async def throughput(samples: int, with_ray: bool) -> None:
+    engine, faked = Engine(models=ThinClient(LATENCY)), fake_engine()
     workflow = load_workflow(DOCUMENT)
     print(f"\n== runs/s, {INPUTS:,} inputs at {LATENCY * 1000:.0f} ms, {CONCURRENCY:,} at a time "
           f"(ideal {CONCURRENCY / LATENCY:,.0f}/s)")
-    rates: dict[str, list[float]] = {"floor: anyio loop over engine.run": [], "engine.batch, local backend": []}
-    contenders = list(zip(rates, (floor, batch), strict=True))
+
+    async def local_fake(_: Engine, workflow: Workflow, count: int, concurrency: int) -> int:
+        return await batch(faked, workflow, count, concurrency)
+
+    async def on_ray(_: Engine, workflow: Workflow, count: int, concurrency: int) -> int:
+        from engine.batch_ray import RayBackend
+
+        return await batch(faked, workflow, count, concurrency, RayBackend(actors=2, runs_per_actor=500))
+
+    contenders = [("floor: anyio loop over engine.run", floor), ("engine.batch, local backend", batch),
+                  ("engine.batch, fake provider", local_fake)]
+    if with_ray:
+        contenders.append((RAY_LABEL, on_ray))
+    rates: dict[str, list[float]] = {label: [] for label, _ in contenders}
     for label, contender in contenders:  # warm-up
         assert await contender(engine, workflow, 2_000, CONCURRENCY) == 2_000, label
-    for _ in range(samples):  # alternated, so a noisy minute hits both
+    for _ in range(samples):  # alternated, so a noisy minute hits all
         for label, contender in contenders:
             gc.collect()
             start = time.perf_counter()
@@ -163,7 +193,19 @@ def main() -> None:
     if args.rss is not None:
         anyio.run(measure_rss, args.rss)
         return
-    anyio.run(throughput, 3 if args.quick else 5)
+    samples = 3 if args.quick else 5
+    try:
+        import ray
+    except ImportError:
+        print("(no Ray: the Ray backend's row is skipped; pip install 'orchestrion[ray]')")
+        anyio.run(throughput, samples, False)
+    else:  # a cluster of this machine, started on this thread before the event loop (ray.init blocks)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)
+        try:
+            anyio.run(throughput, samples, True)
+        finally:
+            ray.shutdown()
     memory(2 if args.quick else 3)
 
 

@@ -49,6 +49,17 @@ def test_unknown_field_names_line_column_path_and_suggestion() -> None:
                      "    hint: did you mean 'prompt'?"]
 
 
+def test_a_tasks_field_on_a_stage_says_so_instead_of_suggesting_itself() -> None:
+    text = "dsl: orchestrion/v1\nname: x\nstages:\n  - id: s\n    type: linear\n    tasks:\n      - id: a\n" \
+           "        prompt: hi there\n"
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text)
+    (problem,) = caught.value.problems
+    assert problem.message == "unknown field 'id'" and problem.location is not None and problem.location.line == 4
+    assert problem.hint is not None and "task's field" in problem.hint and "name:" in problem.hint
+    assert "did you mean" not in problem.hint
+
+
 def test_every_problem_is_reported_not_just_the_first() -> None:
     text = MINIMAL + "      - id: second\n        prompt: 3\n        timeout: '10'\n"
     found = problems(text)

@@ -117,7 +117,10 @@ def _describe(error: Any, cause: object, path: Path) -> tuple[str, str | None]:
         return str(cause), None
     if kind == "extra_forbidden":
         key = str(path[-1])
-        return f"unknown field {key!r}", did_you_mean(key, _known_fields(path))
+        known = _known_fields(path)
+        if key in known:  # a stage item's field on a task, or a task's on a stage: no spelling to suggest
+            return f"unknown field {key!r}", _other_kind(key)
+        return f"unknown field {key!r}", did_you_mean(key, known)
     if kind in {"string_type", "int_type", "float_type", "bool_type", "dict_type", "list_type"}:
         found = type(error["input"]).__name__ if error["input"] is not None else "null"
         quotable = kind == "string_type" and isinstance(error["input"], int | float | bool)
@@ -189,6 +192,13 @@ def _known_fields(path: Path) -> list[str]:
     if owner is not None:
         return _aliases(owner)
     return _aliases(models.Task) + _aliases(models.Stage)
+
+
+def _other_kind(key: str) -> str:
+    """Why a field of tasks or of stages is unknown here: it belongs to the other kind of item."""
+    if key in _aliases(models.Stage):
+        return f"{key!r} is a stage's field; a task has none (a stage is an item with `tasks:`)"
+    return f"{key!r} is a task's field; a stage has none (a stage is named with `name:`)"
 
 
 def _aliases(model: type[Any]) -> list[str]:

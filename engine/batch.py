@@ -99,22 +99,32 @@ class LocalBackend:
 
     async def run(self, engine: Engine, workflow: Workflow, inputs: AsyncIterator[tuple[int, dict[str, Any]]],
                   concurrency: int, deliver: Deliver) -> None:
-        slots = anyio.Semaphore(concurrency)  # taken before an input is read, given back once it is delivered
-
         async def one(index: int, values: dict[str, Any]) -> None:
-            try:
-                await deliver(await run_one(engine, workflow, index, values))
-            finally:
-                slots.release()
+            await deliver(await run_one(engine, workflow, index, values))
 
-        async with anyio.create_task_group() as group:
-            while True:
-                await slots.acquire()
-                try:
-                    index, values = await anext(inputs)
-                except StopAsyncIteration:
-                    break
-                group.start_soon(one, index, values)
+        await feed(inputs, concurrency, one)
+
+
+async def feed(inputs: AsyncIterator[tuple[int, dict[str, Any]]], concurrency: int,
+               run_item: Callable[[int, dict[str, Any]], Awaitable[None]]) -> None:
+    """Each input in its own task, at most ``concurrency`` at once: an input is read only when a slot is
+    free, and the slot is given back once ``run_item`` returns (its item delivered). Every backend feeds so."""
+    slots = anyio.Semaphore(concurrency)
+
+    async def one(index: int, values: dict[str, Any]) -> None:
+        try:
+            await run_item(index, values)
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as group:
+        while True:
+            await slots.acquire()
+            try:
+                index, values = await anext(inputs)
+            except StopAsyncIteration:
+                break
+            group.start_soon(one, index, values)
 
 
 async def run_one(engine: Engine, workflow: Workflow, index: int, values: Mapping[str, Any]) -> BatchItem:

@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.batch import BatchItem, Deliver, run_one
+from engine.batch import BatchItem, Deliver, feed, run_one
 from engine.recipe import EngineRecipe
 
 if TYPE_CHECKING:
@@ -217,37 +217,25 @@ class RayBackend:
 
     async def _feed(self, hosts: list[_Host], inputs: AsyncIterator[tuple[int, dict[str, Any]]], bound: int,
                     deliver: Deliver, flying: dict[Any, int]) -> None:
-        slots = anyio.Semaphore(bound)  # taken before an input is read, given back once it is delivered
-
-        async def one(host: _Host, index: int, values: dict[str, Any]) -> None:
+        async def one(index: int, values: dict[str, Any]) -> None:
+            live = [host for host in hosts if not host.dead]
+            if not live:
+                raise RayBackendError(f"every Ray actor of the batch died for good (each restarted up to "
+                                      f"{self.max_restarts} times); the items of their runs have the errors")
+            host = min(live, key=lambda host: host.load)  # chosen before the first await: loads are current
+            host.load += 1
             try:
-                try:
-                    ref = host.handle.run.remote(index, values)
-                except Exception as exc:  # inputs Ray cannot serialise, an actor handle gone
-                    item = BatchItem(index, None, _describe(exc))
-                else:
-                    flying[ref] = index
-                    item = await _outcome(ref, index, host)
-                    del flying[ref]  # a cancelled run stays listed, for _stop to cancel remotely
-                host.load -= 1
-                await deliver(item)
-            finally:
-                slots.release()
+                ref = host.handle.run.remote(index, values)
+            except Exception as exc:  # inputs Ray cannot serialise, an actor handle gone
+                item = BatchItem(index, None, _describe(exc))
+            else:
+                flying[ref] = index
+                item = await _outcome(ref, index, host)
+                del flying[ref]  # a cancelled run stays listed, for _stop to cancel remotely
+            host.load -= 1
+            await deliver(item)
 
-        async with anyio.create_task_group() as group:
-            while True:
-                await slots.acquire()
-                try:
-                    index, values = await anext(inputs)
-                except StopAsyncIteration:
-                    break
-                live = [host for host in hosts if not host.dead]
-                if not live:
-                    raise RayBackendError(f"every Ray actor of the batch died for good (each restarted up to "
-                                          f"{self.max_restarts} times); the items of their runs have the errors")
-                host = min(live, key=lambda host: host.load)
-                host.load += 1
-                group.start_soon(one, host, index, values)
+        await feed(inputs, bound, one)
 
     async def _stop(self, hosts: list[_Host], flying: list[Any]) -> None:
         """Cancel the remote runs still going, give them (and the engines' closing) a few seconds, kill the actors."""

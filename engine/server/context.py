@@ -68,8 +68,7 @@ async def read_body(request: Request, model: type[Body]) -> Body:
 def check_capacity(context: ServerContext, caller: str) -> None:
     """429 before anything is recorded when the caller has its most runs in flight; 503 when draining."""
     if context.hub.draining:
-        raise ApiError(503, "draining", "the server is shutting down and takes no new runs",
-                       headers={"Retry-After": "5"})
+        raise _draining()
     limit = context.settings.max_runs_per_token
     if context.hub.in_flight(caller) >= limit:
         raise ApiError(429, "too_many_runs", f"{limit} runs in flight for this caller already; "
@@ -79,14 +78,18 @@ def check_capacity(context: ServerContext, caller: str) -> None:
 async def launch(request: Request, prepared: PreparedRun, caller: str, *, wait: bool, raise_on_failure: bool,
                  resumed: bool = False) -> Response:
     """Start a prepared run; answer 202 with its id at once, or 200 with its result when it ends."""
-    context = context_of(request)
-    try:
-        live = await context.hub.start(prepared, caller, resumed=resumed,
-                                       key=request.headers.get("idempotency-key"))
-    except DrainingError:
-        raise ApiError(503, "draining", "the server is shutting down and takes no new runs",
-                       headers={"Retry-After": "5"}) from None
+    live = await start_run(context_of(request), prepared, caller, resumed=resumed,
+                           key=request.headers.get("idempotency-key"))
     return await answer_for(request, live, wait=wait, raise_on_failure=raise_on_failure)
+
+
+async def start_run(context: ServerContext, prepared: PreparedRun, caller: str, *, resumed: bool = False,
+                    key: str | None = None) -> LiveRun:
+    """The hub starts it; a server shutting down answers 503."""
+    try:
+        return await context.hub.start(prepared, caller, resumed=resumed, key=key)
+    except DrainingError:
+        raise _draining() from None
 
 
 async def same_request(request: Request, caller: str, *, wait: bool, raise_on_failure: bool) -> Response | None:
@@ -134,3 +137,7 @@ def run_answer(live: LiveRun, raise_on_failure: bool, headers: dict[str, str] | 
         return JsonAnswer({"run_id": live.run_id, "workflow": live.workflow, "status": live.status,
                            "error": live.error}, headers=headers)
     return JsonAnswer(result.to_dict(), headers=headers)
+
+
+def _draining() -> ApiError:
+    return ApiError(503, "draining", "the server is shutting down and takes no new runs", headers={"Retry-After": "5"})

@@ -35,9 +35,17 @@ from engine.dsl.models import DSL_VERSION, Workflow
 from engine.errors import InputError
 from engine.runtime.results import RunResult
 from engine.server.api import Caller
-from engine.server.context import JsonAnswer, ServerContext, check_capacity, context_of, read_body, wait_for
+from engine.server.context import (
+    JsonAnswer,
+    ServerContext,
+    check_capacity,
+    context_of,
+    read_body,
+    start_run,
+    wait_for,
+)
 from engine.server.errors import ApiError, error_body
-from engine.server.hub import DrainingError, Found, LiveRun
+from engine.server.hub import Found, LiveRun
 from engine.server.runs import STREAM_HEADERS
 from engine.suggest import did_you_mean
 
@@ -352,14 +360,6 @@ async def _prepare_template(context: ServerContext, body: ChatCompletionBody, co
     return Target(prepared, None)
 
 
-async def start(context: ServerContext, prepared: PreparedRun, caller: str) -> LiveRun:
-    try:
-        return await context.hub.start(prepared, caller)
-    except DrainingError:
-        raise ApiError(503, "draining", "the server is shutting down and takes no new runs",
-                       headers={"Retry-After": "5"}) from None
-
-
 # -- the answer -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -567,7 +567,7 @@ async def chat_completions(request: Request, caller: str = Caller) -> Response:
     body = await read_body(request, ChatCompletionBody)
     refuse_unsupported(body)
     target = await prepare(context, body, conversation_of(body.messages), caller)
-    live = await start(context, target.prepared, caller)
+    live = await start_run(context, target.prepared, caller)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     reply = Reply(live, body.model, target.streamed_task, include_usage)
     location = {"Location": f"{request.scope.get('root_path', '')}/runs/{live.run_id}"}

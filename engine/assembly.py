@@ -101,8 +101,30 @@ def build_clients(config: EngineConfig, aliases: set[str]) -> dict[str, ModelCli
     return {alias: providers[owner] for alias, (owner, _) in routes.items()}
 
 
+def abilities(config: EngineConfig, clients: Clients) -> tuple[set[str], dict[str, set[str]]]:
+    """The aliases that read images, and those that make each medium: as configured under `models:`,
+    or as a client given directly says (``reads_images(alias)``, ``generates``; a client for every
+    alias speaks for every alias the engine knows)."""
+    vision: set[str] = {alias for alias, model in config.models.items() if model.vision}
+    makers: dict[str, set[str]] = {}
+    for alias, model in config.models.items():
+        for media in model.generates:
+            makers.setdefault(media, set()).add(alias)
+    given = dict(clients.by_alias)
+    if clients.default is not None:
+        given.update(dict.fromkeys((DEFAULT_MODEL_ALIASES | set(config.models)) - given.keys(), clients.default))
+    for alias, client in given.items():
+        reads = getattr(client, "reads_images", None)
+        if alias not in config.models and callable(reads) and reads(alias):
+            vision.add(alias)
+        for media in getattr(client, "generates", ()) if alias not in config.models else ():
+            makers.setdefault(str(media), set()).add(alias)
+    return vision, makers
+
+
 def prices(config: EngineConfig) -> dict[str, Price]:
-    return {alias: Price(m.input_price, m.output_price, m.cached_input_price) for alias, m in config.models.items()}
+    return {alias: Price(m.input_price, m.output_price, m.cached_input_price, m.image_price, m.video_price)
+            for alias, m in config.models.items()}
 
 
 def rate_limiters(config: EngineConfig, routes: Routes) -> dict[str, RateLimiter]:

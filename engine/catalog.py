@@ -37,6 +37,8 @@ class Catalog:
     addons: Mapping[str, Addon] = field(default_factory=dict)
     templates: Mapping[str, Path] = field(default_factory=dict)
     functions: frozenset[str] = frozenset()
+    vision: frozenset[str] = frozenset()  # aliases that read images
+    generators: Mapping[str, frozenset[str]] = field(default_factory=dict)  # "image"/"video" -> aliases that make it
     _loaded: dict[Path, tuple[int, Workflow]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -46,6 +48,9 @@ class Catalog:
         template_dirs: Iterable[Path] = (),
         models: Iterable[str] = (),
         functions: Iterable[str] = (),
+        *,
+        vision: Iterable[str] = (),
+        generators: Mapping[str, Iterable[str]] | None = None,
     ) -> Catalog:
         """Built-in addons and templates, then those of the given folders (later wins)."""
         addons: dict[str, Addon] = {}
@@ -59,7 +64,8 @@ class Catalog:
         from engine.routing import BUILTIN_FUNCTIONS
 
         return cls(DEFAULT_MODEL_ALIASES | frozenset(models), addons, templates,
-                   frozenset(BUILTIN_FUNCTIONS) | frozenset(functions))
+                   frozenset(BUILTIN_FUNCTIONS) | frozenset(functions), frozenset(vision),
+                   {media: frozenset(aliases) for media, aliases in (generators or {}).items()})
 
 
     def workflow_file(self, reference: str, base: Path | None = None) -> Path:

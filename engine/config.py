@@ -9,7 +9,9 @@
       dry: {kind: fake}                 # FakeModel: scripted answers or an echo
     models:                             # alias -> provider, model name, window, prices
       fast_ai: {provider: openrouter, model: openai/gpt-4o-mini, context_window: 128000,
-                input_price: 0.15, output_price: 0.60, cached_input_price: 0.075, tokenizer: o200k_base}
+                input_price: 0.15, output_price: 0.60, cached_input_price: 0.075, tokenizer: o200k_base,
+                vision: true}
+      image_ai: {provider: google, model: gemini-2.5-flash-image, generates: [image], image_price: 0.039}
     default_provider: local             # answers every alias not listed under models
     gates:                              # by the rendered request's tokens, first match from the top
       - {above: 900000, deny: true}
@@ -59,6 +61,13 @@ class ModelConfig(StrictModel):
     cached_input_price: float | None = Field(None, ge=0, description="Dollars per million cached input tokens.")
     tokenizer: Literal["cl100k_base", "o200k_base"] | None = Field(
         None, description="tiktoken vocabulary for counting tokens (OpenAI-family models).")
+    vision: bool = Field(False, description="The model reads images: tasks with `images:` may use it (checked "
+                         "before a run). Not the embedded Gemma 3 270M, which reads text only.")
+    generates: list[Literal["image", "video"]] = Field(
+        default_factory=list, description="What `generate:` tasks may ask of it: `image` (the OpenAI images API, "
+        "Gemini image models), `video` (Gemini's Veo, a long-running operation).")
+    image_price: float = Field(0.0, ge=0, description="US dollars per image it generates.")
+    video_price: float = Field(0.0, ge=0, description="US dollars per second of video it generates.")
 
 
 class GateRule(StrictModel):
@@ -127,6 +136,9 @@ class EngineConfig(StrictModel):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker rules.")
     model_concurrency: dict[str, int] = Field(default_factory=dict, description="Calls at once per alias.")
     planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The master planner.")
+    artifacts: str | None = Field(
+        None, description="Folder for generated media (and image inputs given as bytes or URLs), one folder per "
+        "run. Absent: `artifacts` beside the default run store, in the user's data folder.")
     store: StoreConfig | None = Field(None, description="The run store for `orchestrion` commands (absent: a SQLite "
                                       "file in the user's data folder; null: keep nothing). Engine(store=...) in code.")
 

@@ -29,7 +29,7 @@ from engine.catalog import Catalog
 from engine.compiler import Plan, compile_workflow
 from engine.compiler.policies import ENGINE_RETRY, ENGINE_TIMEOUT
 from engine.dsl.loader import WorkflowSource, load_workflow
-from engine.dsl.models import DEFAULT_MAX_DEPTH, DEFAULT_MAX_TASKS, Workflow
+from engine.dsl.models import DEFAULT_MAX_DEPTH, DEFAULT_MAX_TASKS, Workflow, is_image_input
 from engine.errors import StoreError
 from engine.events import Emitter, Event
 from engine.model.client import ModelClient, ModelRequest
@@ -37,6 +37,7 @@ from engine.model.prices import Price
 from engine.resilience.call import Call, RunContext, Sleep
 from engine.runtime.bus import EventBus, Listener, Subscription
 from engine.runtime.context import Ask, PlannedWorkflow, Services
+from engine.runtime.images import load_image_inputs, plain_inputs
 from engine.runtime.inputs import validate_inputs
 from engine.runtime.journal import STALE_SECONDS, Journal
 from engine.runtime.results import RunResult, TaskResult
@@ -44,6 +45,7 @@ from engine.runtime.resume import load_resumable, new_journal, restorable
 from engine.runtime.scheduler import run_plan
 from engine.secrets import Scrubber
 from engine.store import ChatTurn, RunStore, TaskRecord
+from engine.store.open import default_path
 from engine.store.stats import Stats, summarize
 from engine.templating import RenderLimits, TemplateRenderer
 
@@ -77,6 +79,7 @@ class Engine:
         max_tasks: int = DEFAULT_MAX_TASKS,
         max_depth: int = DEFAULT_MAX_DEPTH,
         store: RunStore | str | None = None,
+        artifacts: str | Path | None = None,
     ) -> None:
         """``config`` names providers, aliases, gates, retry and breaker rules (``Engine.from_file``
         reads one); ``models`` gives clients directly (one for every alias, or one per alias).
@@ -85,8 +88,10 @@ class Engine:
         workflow's ``limits:`` does not. ``store`` keeps runs, their results and model calls
         (``engine.store``): a RunStore, or a URL opened on first use (``sqlite+aiosqlite:///runs.db``,
         ``postgresql+asyncpg://...``, ``""`` for the default file); a run is checkpointed as it goes
-        and can be resumed (``resume``)."""
-        from engine.assembly import clients_for, pipeline_for, prices as configured_prices, secrets
+        and can be resumed (``resume``). ``artifacts`` is the folder generated media and image inputs
+        given as bytes or URLs are written to, one folder per run (default: the configuration's
+        ``artifacts``, else ``artifacts`` beside the default run store, in the user's data folder)."""
+        from engine.assembly import abilities, clients_for, pipeline_for, prices as configured_prices, secrets
         from engine.config import EngineConfig
         from engine.planner import PlannerLimits
         from engine.providers.settings import LlamaCppProviderConfig
@@ -101,8 +106,9 @@ class Engine:
         self._clients = clients_for(config, models)
         self._models_given = models is not None  # clients that are objects here, not configuration
         self.addon_dirs, self.template_dirs = tuple(addon_dirs), tuple(template_dirs)  # the folders given
+        vision, makers = abilities(config, self._clients)
         self.catalog = Catalog.default(self.addon_dirs, self.template_dirs, models=self._clients.by_alias,
-                                       functions=self.functions)
+                                       functions=self.functions, vision=vision, generators=makers)
         self.prices = {**configured_prices(config), **(prices or {})}
         self.planner_limits = planner_limits or PlannerLimits()
         self.event_buffer = event_buffer
@@ -122,6 +128,7 @@ class Engine:
             renderer=TemplateRenderer(render_limits or RenderLimits()), catalog=self.catalog,
             compile=self.compile, plan_workflow=self._plan_workflow, stream_tokens=stream_tokens,
             scrub=secrets(config), max_depth=max_depth, max_tasks=max_tasks,
+            artifacts=Path(artifacts or config.artifacts or default_artifacts()).expanduser(),
         )
 
     @classmethod
@@ -350,8 +357,16 @@ class Engine:
         values = validate_inputs(plan.inputs, inputs)
         store = await self._opened_store()
         run_id = run_id or uuid.uuid4().hex
-        journal = await new_journal(store, loaded, plan, values, run_id) if store is not None else None
+        values = await self._images(plan, values, run_id)
+        journal = await new_journal(store, loaded, plan, plain_inputs(values), run_id) if store is not None else None
         return PreparedRun(self._services, self._listeners, plan, values, run_id, journal)
+
+    async def _images(self, plan: Plan, values: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """Image inputs read (and kept in the run's artefact folder when they have no file of their own)."""
+        if not any(is_image_input(schema) for schema in plan.inputs.values()):
+            return values
+        folder = self._services.artifacts
+        return await load_image_inputs(plan.inputs, values, folder / run_id if folder is not None else None)
 
     async def stats(self, *, since: float = 0.0, workflow: str | None = None) -> Stats:
         """Model calls since ``since`` (a time.time()), per model and per workflow: calls, failures by
@@ -388,7 +403,7 @@ class Engine:
         store = await self._required_store("keeps no runs to resume")
         resumable = await load_resumable(store, run_id, force=force)
         plan = self.compile(resumable.workflow)
-        values = validate_inputs(plan.inputs, resumable.inputs)
+        values = await self._images(plan, validate_inputs(plan.inputs, resumable.inputs), run_id)
         journal = Journal(store, resumable.stored.run)
         return PreparedRun(self._services, self._listeners, plan, values, run_id, journal,
                            restorable(resumable.stored, plan))
@@ -428,3 +443,8 @@ class RunEvents:
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._subscription
+
+
+def default_artifacts() -> Path:
+    """``artifacts`` beside the default run store: ``~/.local/share/orchestrion/artifacts``."""
+    return default_path().parent / "artifacts"

@@ -164,6 +164,18 @@ class PlanCreated(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MediaSaved(Event):
+    """A file a ``generate:`` task's model made, written under the run's artefact folder."""
+
+    type: ClassVar[str] = "media_saved"
+    model: str
+    path: str
+    media_type: str
+    bytes: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EventsDropped(Event):
     """Told to a subscriber that fell behind: ``count`` events were not delivered to it."""
 
@@ -174,7 +186,7 @@ class EventsDropped(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (RunStarted, RunFinished, TaskStarted, TaskSkipped, TaskRetrying, TaskFellBack,
                               TaskFinished, TaskFailed, TokenDelta, ModelCalled, GateApplied, CacheHit,
-                              BreakerStateChanged, PlanCreated, EventsDropped)
+                              BreakerStateChanged, PlanCreated, MediaSaved, EventsDropped)
 }
 
 

@@ -76,14 +76,22 @@ def _stage_items(stage: dict[str, Any]) -> None:
 
 
 def _task_kinds(task: dict[str, Any]) -> None:
-    # A kind key set to null does not give the task its kind (as in the model).
+    # A kind key set to null does not give the task its kind (as in the model). A `prompt` with
+    # `generate` is the generate kind: the prompt describes the media.
     given = {kind: {"required": [kind], "properties": {kind: {"type": "string"}}} for kind in TASK_KINDS}
     task["anyOf"] = list(given.values())
+    conditions = {**given, "generate": {"required": ["prompt", "generate"],
+                                        "properties": {"prompt": {"type": "string"}, "generate": {"type": "string"}}}}
+    conditions["prompt"] = {"required": ["prompt"], "properties": {"prompt": {"type": "string"},
+                                                                   "generate": {"type": "null"}}}
     rules = []
-    for kind in TASK_KINDS:
-        foreign: dict[str, Any] = {other: {"type": "null"} for other in TASK_KINDS if other != kind}
+    for kind, condition in conditions.items():
+        keys = TASK_KINDS if kind != "generate" else tuple(other for other in TASK_KINDS if other != "prompt")
+        foreign: dict[str, Any] = {other: {"type": "null"} for other in keys if other != kind}
         foreign |= {field.rstrip("_"): False for field, kinds in KIND_FIELDS.items() if kind not in kinds}
-        rules.append({"if": given[kind], "then": {"properties": dict(sorted(foreign.items()))}})
+        if kind not in ("prompt", "generate"):
+            foreign["generate"] = {"type": "null"}
+        rules.append({"if": condition, "then": {"properties": dict(sorted(foreign.items()))}})
     rules.append({
         "if": {"anyOf": [{"required": ["as"]}, {"required": ["max_concurrency"]}]},
         "then": {"required": ["for_each"]},

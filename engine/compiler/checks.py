@@ -33,9 +33,11 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
     problems = _check_models(task.model, (*path, "model"), catalog)
     for index, name in enumerate(task.addons or ()):
         problems += _check_name("addon", name, (*path, "addons", index), catalog.addons)
-    if task.kind == "prompt" and not _has_model(task, workflow.defaults):
+    if task.kind in ("prompt", "generate") and not _has_model(task, workflow.defaults):
         problems.append(Problem("no-model", f"task {task.id!r} has no model", (*path, "model"),
                                 "set `model:` on the task or under `defaults:`"))
+    if task.images or task.generate is not None:
+        problems += _check_abilities(task, path, workflow.defaults, catalog)
     if task.call is not None:
         problems += _check_name("function", task.call, (*path, "call"), catalog.functions,
                                 "register it with the engine; for `orchestrion validate`, pass `--function NAME`")
@@ -68,6 +70,34 @@ def _check_sub_workflow(task: Task, path: Path, workflow: Workflow, catalog: Cat
     if missing:
         problems.append(Problem("missing-input", f"the workflow {reference!r} needs the input(s) {', '.join(missing)}",
                                 (*path, "with"), "give them under `with:`"))
+    return problems
+
+
+EMBEDDED_TEXT_ONLY = "the embedded Gemma 3 270M model reads and writes text only"
+
+
+def _check_abilities(task: Task, path: Path, defaults: Policies, catalog: Catalog) -> list[Problem]:
+    """Each model of the task's chain can read its images, or make what it asks for."""
+    level = task if "model" in task.model_fields_set else defaults
+    chain = [level.model] if isinstance(level.model, str) else list(level.model or ())
+    where = (*path, "model") if level is task else ("defaults", "model")
+    problems = []
+    for alias in chain:
+        if alias not in catalog.models:
+            continue  # reported as unknown
+        if task.images and alias not in catalog.vision:
+            problems.append(Problem(
+                "no-vision", f"task {task.id!r} sends images to {alias!r}, which does not read images", where,
+                f"give `vision: true` to a model alias that reads images, in the configuration, and use it here "
+                f"({EMBEDDED_TEXT_ONLY}); aliases that do: {', '.join(sorted(catalog.vision)) or 'none'}"))
+        media = task.generate
+        if media is not None and alias not in catalog.generators.get(media, frozenset()):
+            makers = sorted(catalog.generators.get(media, frozenset()))
+            problems.append(Problem(
+                "cannot-generate", f"task {task.id!r} asks {alias!r} for {'an ' if media == 'image' else 'a '}"
+                f"{media}, which it does not make", where,
+                f"use an alias configured with `generates: [{media}]` ({EMBEDDED_TEXT_ONLY}); "
+                f"aliases that do: {', '.join(makers) or 'none'}"))
     return problems
 
 

@@ -29,7 +29,7 @@ class FrozenMap(dict[K, V]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (FrozenMap, (dict(self),))
-NodeKind = Literal["prompt", "call", "workflow", "plan", "until"]
+NodeKind = Literal["prompt", "call", "workflow", "plan", "generate", "until"]
 BindingKind = Literal["input", "task", "loop", "item", "none"]
 
 
@@ -74,17 +74,30 @@ class NodePolicies:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaSpec:
+    """What a ``generate:`` task asks for."""
+
+    media: Literal["image", "video"]
+    count: int = 1
+    size: str | None = None
+    seconds: int | None = None
+    aspect_ratio: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What a task does, as the workflow says it (templates and expressions still unrendered)."""
 
-    kind: Literal["prompt", "call", "workflow", "plan"]
-    source: str  # the prompt or plan template, the function name, or the workflow reference
+    kind: Literal["prompt", "call", "workflow", "plan", "generate"]
+    source: str  # the prompt (also of a generation) or plan template, the function name, or the workflow reference
     arguments: Mapping[str, Any] | None = None  # `with:`: templates, rendered at run time
     output_schema: Mapping[str, Any] | None = None
     when: str | None = None
     for_each: str | None = None
     item_name: str = "item"
     max_concurrency: int | None = None
+    images: tuple[str, ...] = ()  # expressions giving the images sent with the prompt
+    generation: MediaSpec | None = None  # a `generate:` task's media
 
 
 @dataclass(frozen=True, slots=True)

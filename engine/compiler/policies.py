@@ -19,6 +19,7 @@ ENGINE_RETRY = RetrySpec(max_attempts=4, initial_delay=1.0, backoff=2.0, max_del
                          on=(("connection", "fallback"), ("timeout", "fallback"), ("server_error", "fallback"),
                              ("rate_limit", "retry_then_fallback")))
 ENGINE_TIMEOUT = 120.0
+VIDEO_TIMEOUT = 900.0  # a video is made in minutes: a `generate: video` task waits this long unless told
 _UNSET = object()
 
 
@@ -26,8 +27,8 @@ def resolve_policies(task: Task, defaults: Policies) -> NodePolicies:
     model = _pick("model", task, defaults, None)
     models = (model,) if isinstance(model, str) else tuple(model or ())
     return NodePolicies(
-        models=models if task.kind in ("prompt", "plan") else (),
-        timeout=_pick("timeout", task, defaults, ENGINE_TIMEOUT),
+        models=models if task.kind in ("prompt", "plan", "generate") else (),
+        timeout=_pick("timeout", task, defaults, VIDEO_TIMEOUT if task.generate == "video" else ENGINE_TIMEOUT),
         retry=_retry(task, defaults),
         critical=_pick("critical", task, defaults, True) is not False,
         cache=_cache(task, defaults) if task.kind == "prompt" else None,

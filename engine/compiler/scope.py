@@ -64,6 +64,8 @@ def task_sources(site: Site, defaults: Policies | None = None
         value = getattr(task, name)
         if isinstance(value, str):
             yield (*site.path, name), value, "expression"
+    for index, value in enumerate(task.images or ()):
+        yield (*site.path, "images", index), value, "expression"
 
 
 def _strings(value: Any, path: Path) -> Iterator[tuple[Path, str]]:

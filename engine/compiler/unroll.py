@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from engine.compiler.plan import Binding, Node, NodeId, NodePolicies, OutputSpec, TaskSpec
+from engine.compiler.plan import Binding, MediaSpec, Node, NodeId, NodePolicies, OutputSpec, TaskSpec
 from engine.compiler.scope import Bindings, Scopes
 from engine.compiler.sites import RepeatGroup, Site, Sites
 from engine.dsl.models import Task, Workflow
@@ -128,10 +128,15 @@ class _Builder:
 
 def task_spec(task: Task) -> TaskSpec:
     """The task as plain values: what it does and the templates it renders."""
+    kind = task.kind
+    generation = None
+    if task.generate is not None:
+        generation = MediaSpec(task.generate, task.count or 1, task.size, task.seconds, task.aspect_ratio)
     return TaskSpec(
-        kind=task.kind, source=str(getattr(task, task.kind)),
+        kind=kind, source=str(task.prompt if kind == "generate" else getattr(task, kind)),
         arguments=task.with_, output_schema=task.output.schema_ if task.output is not None else None,
         when=task.when, for_each=task.for_each, item_name=task.as_ or "item", max_concurrency=task.max_concurrency,
+        images=tuple(task.images or ()), generation=generation,
     )
 
 

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from engine.dsl.source import Origin
 
 DSL_VERSION = "orchestrion/v1"
-TaskKind = Literal["prompt", "call", "workflow", "plan"]
-TASK_KINDS: tuple[TaskKind, ...] = ("prompt", "call", "workflow", "plan")
+TaskKind = Literal["prompt", "call", "workflow", "plan", "generate"]
+TASK_KINDS: tuple[TaskKind, ...] = ("prompt", "call", "workflow", "plan")  # the keys that give a task its kind
+# (`generate: image|video` with a `prompt` is the fifth kind: a prompt that asks for media instead of text)
 
 # The one list of names no input, task id or `for_each` item (`as`) may take, each with why:
 # a template would read them as something else.
@@ -175,7 +176,7 @@ class Policies(StrictModel):
 
 # Fields that belong to one kind of task, and the kinds that accept each.
 KIND_FIELDS: dict[str, frozenset[str]] = {
-    "model": frozenset({"prompt", "plan"}),
+    "model": frozenset({"prompt", "plan", "generate"}),
     "system": frozenset({"prompt"}),
     "addons": frozenset({"prompt"}),
     "temperature": frozenset({"prompt", "plan"}),
@@ -184,7 +185,13 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     "cache": frozenset({"prompt"}),  # a planner's answers are checked by the planner, not kept
     "output": frozenset({"prompt", "call"}),
     "with_": frozenset({"call", "workflow"}),
+    "images": frozenset({"prompt"}),
+    "size": frozenset({"generate"}),
+    "count": frozenset({"generate"}),
+    "seconds": frozenset({"generate"}),
+    "aspect_ratio": frozenset({"generate"}),
 }
+IMAGE_INPUT_KEYS = frozenset({"type", "description", "title", "default"})  # of an input `{type: image}`
 
 
 class Task(Policies):
@@ -204,6 +211,22 @@ class Task(Policies):
     with_: dict[str, Any] | None = Field(
         None, alias="with", description="Arguments of `call`, or inputs of `workflow`; strings are templates."
     )
+    images: list[str] | None = Field(
+        None, max_length=32, description="Images sent with the prompt: Jinja expressions naming `type: image` "
+        "inputs or outputs of `generate: image` tasks (a list of them counts each). Every model of the task's "
+        "chain must read images (`vision: true` in its configuration).",
+    )
+    generate: Literal["image", "video"] | None = Field(
+        None, description="Make media instead of text: `prompt` describes it; the output names the files written "
+        "under the run's artefact folder (`path`, `media_type`, `bytes`; a list when `count` > 1). The model "
+        "must be configured with `generates: [image]` or `[video]`.",
+    )
+    size: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$")] | None = Field(
+        None, description="`generate: image`: width x height in pixels, such as `1024x1024`.")
+    count: int | None = Field(None, ge=1, le=10, description="`generate: image`: how many images.")
+    seconds: int | None = Field(None, ge=1, le=60, description="`generate: video`: its length in seconds.")
+    aspect_ratio: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]?:[1-9][0-9]?$")] | None = Field(
+        None, description="`generate: video`: its aspect ratio, such as `16:9`.")
     output: OutputSpec | None = Field(None, description="Shape of the output.")
     when: str | None = Field(None, description="Jinja expression; if false the task is skipped.")
     for_each: str | None = Field(
@@ -218,6 +241,8 @@ class Task(Policies):
 
     @property
     def kind(self) -> TaskKind:
+        if self.generate is not None:
+            return "generate"
         return next(kind for kind in TASK_KINDS if getattr(self, kind) is not None)
 
     @model_validator(mode="after")
@@ -226,7 +251,13 @@ class Task(Policies):
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
             raise ValueError(f"a task needs exactly one of prompt, call, workflow, plan (found: {found})")
-        kind = given[0]
+        kind: str = given[0]
+        if self.generate is not None:
+            if kind != "prompt":
+                raise FieldError(("generate",), f"`generate` goes with a `prompt` describing the {self.generate}, "
+                                 f"not with `{kind}`")
+            kind = "generate"
+            self._check_generation()
         for name, kinds in KIND_FIELDS.items():
             if name in self.model_fields_set and kind not in kinds:
                 key = name.rstrip("_")
@@ -235,6 +266,15 @@ class Task(Policies):
             if name in self.model_fields_set and self.for_each is None:
                 raise FieldError((name.rstrip("_"),), "needs `for_each`")
         return self
+
+    def _check_generation(self) -> None:
+        other = "image" if self.generate == "video" else "video"
+        for name in (("size", "count") if self.generate == "video" else ("seconds", "aspect_ratio")):
+            if getattr(self, name) is not None:
+                hint = ("a video is shaped by `aspect_ratio` and `seconds`" if other == "image"
+                        else "images are shaped by `size` and `count`")
+                raise FieldError((name,), f"`{name}` is for `generate: {other}`, not `generate: {self.generate}` "
+                                 f"({hint})")
 
 
 class Repeat(StrictModel):
@@ -337,10 +377,26 @@ class Workflow(StrictModel):
             problem = why_reserved(name)
             if problem is not None:
                 raise FieldError((name,), f"{problem}; choose another input name")
+            if schema.get("type") == "image":
+                _check_image_input(schema, (name,))
+                continue
             _check_json_schema(schema, (name,))
             if "default" in schema:
                 _check_instance(schema["default"], schema, (name, "default"))
         return inputs
+
+
+def is_image_input(schema: Mapping[str, Any]) -> bool:
+    """An input declared `{type: image}`: a path, a data: or https URL, or bytes, read as an image."""
+    return schema.get("type") == "image"
+
+
+def _check_image_input(schema: JsonSchema, path: tuple[str | int, ...]) -> None:
+    for key in schema:
+        if key not in IMAGE_INPUT_KEYS:
+            raise FieldError((*path, key), f"an image input takes {', '.join(sorted(IMAGE_INPUT_KEYS))}, not `{key}`")
+    if schema.get("default", None) is not None:
+        raise FieldError((*path, "default"), "an image input's default can only be null (the input is then optional)")
 
 
 def _check_json_schema(schema: JsonSchema, path: tuple[str | int, ...]) -> None:

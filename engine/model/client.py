@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from engine.model.media import Generation, Image, Media
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Literal["system", "user", "assistant"]
     content: str
+    images: tuple[Image, ...] = ()  # sent after the text, in each provider's wire format
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,7 @@ class ModelRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     output_schema: Mapping[str, Any] | None = None  # ask for JSON matching this schema
+    generate: Generation | None = None  # images or a video instead of text (the prompt describes them)
 
     @property
     def prompt(self) -> str:
@@ -39,6 +43,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    images: int = 0  # made by a generation (priced per image)
+    video_seconds: float = 0.0  # of video made (priced per second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class ModelResponse:
     usage: Usage = Usage()
     model: str = ""  # the provider's name for the model that answered
     finish_reason: str = "stop"
+    media: tuple[Media, ...] = ()  # what a generation made
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,7 @@ class ModelClient(Protocol):
 
 
 def build_request(alias: str, system: str | None, prompt: str, *, temperature: float | None,
-                  max_tokens: int | None, schema: Mapping[str, Any] | None) -> ModelRequest:
+                  max_tokens: int | None, schema: Mapping[str, Any] | None,
+                  images: tuple[Image, ...] = ()) -> ModelRequest:
     messages = (Message("system", system),) if system else ()
-    return ModelRequest(alias, (*messages, Message("user", prompt)), temperature, max_tokens, schema)
+    return ModelRequest(alias, (*messages, Message("user", prompt, images)), temperature, max_tokens, schema)

@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 from engine.model.client import ModelRequest
+from engine.model.media import image_tokens
 
 MESSAGE_OVERHEAD = 4  # role and separators per message, as chat formats add
 
@@ -45,9 +46,10 @@ async def count_request(request: ModelRequest, tokenizer: str | None = None, cli
     counter = getattr(client, "count_tokens", None)
     if counter is not None:
         return int(await counter(request)), "model"
+    images = images_tokens(request, getattr(client, "image_rule", None))
     encoding = _vocabulary(tokenizer) if tokenizer else None
     if encoding is None:
-        return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in request.messages), "estimate"
+        return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in request.messages) + images, "estimate"
 
     def encode() -> int:
         return sum(len(encoding.encode(m.content)) + MESSAGE_OVERHEAD for m in request.messages)
@@ -55,5 +57,11 @@ async def count_request(request: ModelRequest, tokenizer: str | None = None, cli
     if sum(len(m.content) for m in request.messages) > SLOW_TEXT:
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(encode), str(tokenizer)
-    return encode(), str(tokenizer)
+        return await anyio.to_thread.run_sync(encode) + images, str(tokenizer)
+    return encode() + images, str(tokenizer)
+
+
+def images_tokens(request: ModelRequest, rule: Any = None) -> int:
+    """The tokens of the request's images by ``rule`` (a client's ``image_rule``: its provider's published
+    rule); by the largest rule when it has none."""
+    return sum(image_tokens(image, rule) for message in request.messages for image in message.images)

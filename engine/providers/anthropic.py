@@ -5,7 +5,8 @@ required by the API (4096 when the task sets none). There is no JSON-schema
 response format here: the schema instruction the engine writes into the system
 message is what asks for structured output. Streams are server-sent events
 (``message_start``, ``content_block_delta``, ``message_delta``, ``message_stop``,
-and ``error`` when the API fails mid-stream).
+and ``error`` when the API fails mid-stream). Images go as base64 image blocks before
+the text; the API generates no images.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from contextlib import aclosing
 from typing import Any
 
 from engine.errors import ModelError
-from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
+from engine.model.client import Message, ModelRequest, ModelResponse, TextDelta, Usage
 from engine.providers.http import HttpClientPool, WholeAnswer, error_from_event, post_json, post_sse
+from engine.providers.images import ANTHROPIC, check_images, refuse_generation
 from engine.providers.settings import HttpProviderConfig
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -24,9 +26,9 @@ API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 PATH = "/v1/messages"
 
-
-
 class AnthropicProvider:
+    image_rule = "anthropic"  # how its images count in tokens (engine.model.media.image_tokens)
+
     @classmethod
     def from_settings(cls, name: str, config: HttpProviderConfig, models: Mapping[str, str]) -> AnthropicProvider:
         return cls(name, config, models)
@@ -87,11 +89,14 @@ class AnthropicProvider:
         await self.pool.aclose()
 
     def _body(self, request: ModelRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        if request.generate is not None:
+            refuse_generation(request, "Anthropic", model)
+        check_images(request, ANTHROPIC, model)
         system = [message.content for message in request.messages if message.role == "system"]
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
-            "messages": [{"role": message.role, "content": message.content}
+            "messages": [{"role": message.role, "content": _content(message)}
                          for message in request.messages if message.role != "system"],
         }
         if system:
@@ -101,6 +106,16 @@ class AnthropicProvider:
         if stream:
             body["stream"] = True
         return body
+
+
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    """The text alone, or each image as a base64 block, then the text (the order Anthropic advises)."""
+    if not message.images:
+        return message.content
+    blocks: list[dict[str, Any]] = [
+        {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.base64()}}
+        for image in message.images]
+    return [*blocks, {"type": "text", "text": message.content}]
 
 
 def _usage(data: Any) -> Usage:

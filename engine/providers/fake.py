@@ -4,7 +4,10 @@ Per alias it gives scripted answers in order (the last one repeats), raises
 scripted errors, waits a scripted latency, and counts tokens deterministically
 (or returns a scripted ModelResponse with its own usage). Aliases without a
 script are answered with an echo of the prompt, or, when the request asks for
-JSON, with the simplest value that matches the schema. Configured as
+JSON, with the simplest value that matches the schema; the echo names the images a
+message carries. A ``generate:`` request is answered with solid-colour PNGs of the size
+asked for, or a placeholder MP4 header for a video (not a playable file: for the
+runtime's tests; the loopback servers of the test suite make real videos). Configured as
 ``{kind: fake}`` for dry runs; ``engine.testing.FakeModel`` for tests.
 """
 
@@ -12,13 +15,16 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import struct
+import zlib
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from engine.errors import ModelError
 from engine.model.client import ModelRequest, ModelResponse, TextDelta, Usage
+from engine.model.media import DEFAULT_VIDEO_SECONDS, Generation, Media
 
 if TYPE_CHECKING:
     from engine.providers.settings import FakeProviderConfig
@@ -36,8 +42,14 @@ class FakeModel:
         echo: bool = True,
         latency: float | Mapping[str, float] = 0.0,
         chunk_size: int = 16,
+        vision: bool | Collection[str] = False,
+        generates: Collection[str] = (),
     ) -> None:
+        """``vision``: every alias (True) or the aliases given read images; ``generates``: the media
+        (``image``, ``video``) every alias may be asked to make. The engine checks workflows against both."""
         self.script = {alias: _as_list(answers) for alias, answers in (script or {}).items()}
+        self.vision = vision
+        self.generates = frozenset(generates)
         self.echo = echo
         self.latency = latency
         self.chunk_size = chunk_size
@@ -50,6 +62,9 @@ class FakeModel:
 
     def calls_to(self, alias: str) -> list[ModelRequest]:
         return [call for call in self.calls if call.model == alias]
+
+    def reads_images(self, alias: str) -> bool:
+        return self.vision is True or (not isinstance(self.vision, bool) and alias in self.vision)
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.calls.append(request)
@@ -65,6 +80,8 @@ class FakeModel:
             raise answer
         if isinstance(answer, ModelResponse):  # scripted usage, model name or finish reason
             return answer
+        if request.generate is not None:
+            return _generated(request.generate, request.model)
         text = answer if isinstance(answer, str) else json.dumps(answer)
         usage = Usage(sum(count_tokens(m.content) for m in request.messages), count_tokens(text))
         return ModelResponse(text, usage, model=f"fake/{request.model}")
@@ -85,7 +102,33 @@ class FakeModel:
             return ModelError("not_found", f"FakeModel has no script for {request.model!r}", model=request.model)
         if request.output_schema is not None:
             return example_for_schema(request.output_schema)
-        return f"[{request.model}] {request.prompt}"
+        images = [image for message in request.messages for image in message.images]
+        seen = f" [images: {', '.join(f'{i.media_type} {i.width}x{i.height}' for i in images)}]" if images else ""
+        return f"[{request.model}] {request.prompt}{seen}"
+
+
+def _generated(generation: Generation, alias: str) -> ModelResponse:
+    if generation.media == "video":
+        seconds = float(generation.seconds or DEFAULT_VIDEO_SECONDS)
+        return ModelResponse("", Usage(video_seconds=seconds), f"fake/{alias}", "stop", (Media(FAKE_MP4, "video/mp4"),))
+    width, height = (int(side) for side in (generation.size or "8x8").split("x"))
+    images = tuple(Media(solid_png(width, height, (40 * number % 256, 120, 200)), "image/png")
+                   for number in range(generation.count))
+    return ModelResponse("", Usage(images=generation.count), f"fake/{alias}", "stop", images)
+
+
+FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"  # an MP4's first box only: not playable
+
+
+def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A PNG of one colour (8-bit RGB), written with zlib alone."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width  # filter byte 0, then the pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height))
+            + chunk(b"IEND", b""))
 
 
 def _as_list(answers: Answer | Sequence[Answer]) -> list[Answer]:

@@ -183,10 +183,11 @@ async def _error_from(response: httpx.Response, model: str) -> ModelError:
     return error_from_response(response, await _read_bounded(response, MAX_ERROR_BYTES, model), model)
 
 
-async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any], model: str) -> Any:
-    """POST a JSON body; the decoded JSON answer, or a ModelError."""
+async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any] | None, model: str, *,
+                    method: str = "POST") -> Any:
+    """POST a JSON body (or send ``method`` without one); the decoded JSON answer, or a ModelError."""
     try:
-        async with pool.client().stream("POST", path, json=body) as response:
+        async with pool.client().stream(method, path, json=body) as response:
             if response.status_code >= 400:
                 raise await _error_from(response, model)
             return _decoded(await _read_bounded(response, MAX_ANSWER_BYTES, model), model)
@@ -194,6 +195,44 @@ async def post_json(pool: HttpClientPool, path: str, body: Mapping[str, Any], mo
         raise
     except Exception as error:
         raise error_from_exception(error, model) from None
+
+
+MAX_MEDIA_BYTES = 256 * 1024 * 1024  # one generated file (a video), downloaded
+
+
+async def download(pool: HttpClientPool, url: str, model: str, limit: int = MAX_MEDIA_BYTES) -> tuple[bytes, str]:
+    """A file a provider's answer points to: (bytes, media type). The provider's headers (its key) go
+    only to the provider's own origin; another host (where the provider may redirect) is asked without
+    them, over https only."""
+    client = pool.client()
+    target = httpx.URL(url)
+    try:
+        if _origin(target) == _origin(client.base_url):
+            async with client.stream("GET", target) as response:  # no redirect followed with the key
+                if response.is_redirect and "location" in response.headers:
+                    target = target.join(response.headers["location"])
+                else:
+                    return await _body_of(response, model, limit)
+        if target.scheme != "https":
+            raise ModelError("server_error", f"{model} pointed to a file at {target.scheme}://{target.host}: "
+                             "from another host than the provider's, only https is fetched", model=model)
+        async with httpx.AsyncClient(timeout=client.timeout, follow_redirects=True) as stranger:  # noqa: SIM117
+            async with stranger.stream("GET", target) as response:
+                return await _body_of(response, model, limit)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise error_from_exception(error, model) from None
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+async def _body_of(response: httpx.Response, model: str, limit: int) -> tuple[bytes, str]:
+    if response.status_code >= 400:
+        raise await _error_from(response, model)
+    return await _read_bounded(response, limit, model), _media_type(response)
 
 
 @dataclass(frozen=True, slots=True)

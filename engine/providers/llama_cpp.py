@@ -206,9 +206,11 @@ class LlamaCppProvider:
         return self._format
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
+        _text_only(request, self.name)
         return await anyio.to_thread.run_sync(self._complete_blocking, request)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
+        _text_only(request, self.name)
         # Each piece is pulled in a worker thread: generation never runs on the event loop, and a
         # consumer that stops early stops the generation (closing the generator frees the model).
         pieces = self._stream_blocking(request)
@@ -220,6 +222,7 @@ class LlamaCppProvider:
                 await anyio.to_thread.run_sync(pieces.close)
 
     async def count_tokens(self, request: ModelRequest) -> int:
+        _text_only(request, self.name)
         """Exact prompt tokens: the request rendered as it is sent (chat template or transcript), by the
         model's tokenizer. Tokenizing (and loading the model on first use) runs in a worker thread."""
         return await anyio.to_thread.run_sync(self._count_tokens, request)
@@ -452,3 +455,11 @@ def _context_error(error: ValueError, model: str) -> ModelError:
     message = str(error)
     too_long = "context" in message.lower() or "token" in message.lower()
     return ModelError("context_length" if too_long else "bad_request", f"llama.cpp: {message}"[:300], model=model)
+
+
+def _text_only(request: ModelRequest, name: str) -> None:
+    """The embedded model reads and writes text only (the workflow checks catch this first)."""
+    if request.generate is not None or any(message.images for message in request.messages):
+        what = f"generate {request.generate.media}" if request.generate is not None else "read images"
+        raise ModelError("bad_request", f"the llama_cpp provider {name!r} ({request.model}) cannot {what}: "
+                         "a GGUF model in process reads and writes text only", model=request.model)

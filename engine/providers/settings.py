@@ -43,6 +43,9 @@ class HttpProviderConfig(_Provider):
     structured_output: Literal["json_schema", "json_object", "prompt"] = Field(
         "json_schema", description="How `openai` providers ask for JSON: OpenAI's `json_schema` response format; "
         "`json_object` with a `schema` (llama.cpp server); or only the instruction in the prompt.")
+    poll_interval: float = Field(
+        10.0, gt=0, description="Seconds before the first poll of a long-running operation (a Veo video); each "
+        "next wait is 1.5 times longer, at most 60 s. The task's `timeout` bounds the whole operation.")
 
 
 class LlamaCppProviderConfig(_Provider):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.events import CacheHit, TokenDelta
 from engine.model.client import ModelRequest, ModelResponse, Usage
+from engine.model.media import Image
 from engine.providers.settings import FakeProviderConfig, HttpProviderConfig, LlamaCppProviderConfig, ProviderConfig
 from engine.store.base import RunStore
 from engine.store.records import CacheEntry
@@ -118,6 +119,8 @@ def _plain(value: object) -> object:
     """JSON for what ``json`` does not know in a request: read-only mappings (a schema), messages."""
     if isinstance(value, Mapping):
         return dict(value)
+    if isinstance(value, Image):  # by content: the same picture from another file is the same request
+        return {"image": hashlib.sha256(value.data).hexdigest(), "media_type": value.media_type}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     raise TypeError(f"cannot key a request holding a {type(value).__name__}")

@@ -68,7 +68,7 @@ class ProviderStage:
 
     def send(self, request: ModelRequest, call: Call) -> Awaitable[ModelResponse]:
         client = self.clients(request.model)
-        if call.run.stream_tokens and call.run.emit.active and hasattr(client, "stream"):
+        if call.run.stream_tokens and call.run.emit.active and hasattr(client, "stream") and request.generate is None:
             return _streamed(client, request, call)  # a client with only `complete` answers in one piece
         return client.complete(request)
 

@@ -55,6 +55,7 @@ class Services:
     max_depth: int = DEFAULT_MAX_DEPTH  # bounds on a whole run (RunTree) where the top-level
     max_tasks: int = DEFAULT_MAX_TASKS  # workflow's `limits:` sets none
     planner_model: str = "thinking_ai"
+    artifacts: Path | None = None  # generated media go under <artifacts>/<run id>/ (None: nowhere; they fail)
 
     def load_workflow(self, reference: str, base_dir: str | None) -> Workflow:
         return self.catalog.load_workflow(reference, Path(base_dir) if base_dir is not None else None)

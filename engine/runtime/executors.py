@@ -21,10 +21,12 @@ import anyio
 
 from engine.compiler.plan import Node, Plan, TaskSpec
 from engine.errors import FunctionError, RunLimitError, TaskError
-from engine.events import PlanCreated
-from engine.model.client import ModelRequest, build_request
+from engine.events import MediaSaved, PlanCreated
+from engine.model.client import Message, ModelRequest, build_request
+from engine.model.media import Generation
 from engine.resilience.call import Call
 from engine.runtime.context import RunState, Services
+from engine.runtime.images import images_for, save_media
 from engine.runtime.inputs import validate_inputs
 from engine.runtime.prompting import system_message
 from engine.runtime.results import RunResult, TaskResult
@@ -40,22 +42,57 @@ def execute(services: Services, state: RunState, node: Node, result: TaskResult,
     assert spec is not None
     if spec.for_each is None:
         state.tree.start(1, node.id, state.lineage)
-        if spec.kind == "prompt":
+        if spec.kind == "prompt" and not spec.images:
             return prompt(services, state, node, result, state.variables(node))
     return _Executor(services, state, node, result, nested).run()
 
 
 def prompt(services: Services, state: RunState, node: Node, result: TaskResult,
-           variables: dict[str, Any]) -> Awaitable[Any]:
+           variables: dict[str, Any], *, images: tuple[Any, ...] = ()) -> Awaitable[Any]:
     """A model call through the engine's pipeline; attempts, tokens and cost add up in ``result``."""
     spec, policies = node.task, node.policies
     assert spec is not None and policies is not None
     request = build_request(policies.models[0], _system_message(services, state, node, variables),
                             services.renderer.render(spec.source, variables), temperature=policies.temperature,
-                            max_tokens=policies.max_tokens, schema=spec.output_schema)
+                            max_tokens=policies.max_tokens, schema=spec.output_schema, images=images)
     call = Call(node.id, state.calls, result, policies.timeout, policies.retry, policies.hedge_after,
                 cache=policies.cache)
     return services.pipeline.answer(request, call, policies.models)
+
+
+async def prompt_with_images(services: Services, state: RunState, node: Node, result: TaskResult,
+                             variables: dict[str, Any]) -> Any:
+    """A prompt that sends images: its ``images:`` expressions evaluated, each read (files off the loop)."""
+    spec = node.task
+    assert spec is not None
+    values = [services.renderer.evaluate(source, variables) for source in spec.images]
+    return await prompt(services, state, node, result, variables, images=await images_for(values, node.task_id))
+
+
+async def generate(services: Services, state: RunState, node: Node, result: TaskResult,
+                   variables: dict[str, Any]) -> Any:
+    """Images or a video from the task's model; the files written under the run's artefact folder.
+    The output describes each file (a list when more than one was asked for)."""
+    spec, policies = node.task, node.policies
+    assert spec is not None and policies is not None and spec.generation is not None
+    wanted = spec.generation
+    if services.artifacts is None:
+        raise TaskError("the engine has no artefact folder to write generated media to (Engine(artifacts=...))",
+                        task_id=node.id)
+    request = ModelRequest(policies.models[0], (Message("user", services.renderer.render(spec.source, variables)),),
+                           generate=Generation(wanted.media, wanted.count, wanted.size, wanted.seconds,
+                                               wanted.aspect_ratio))
+    # No hedge: a second model asked the same would make (and charge for) a second set of files.
+    call = Call(node.id, state.calls, result, policies.timeout, policies.retry, None)
+    await services.pipeline.answer(request, call, policies.models, raw=True)
+    response = call.answered
+    if response is None or not response.media:
+        raise TaskError(f"{call.tally.model or request.model} answered without any {wanted.media}", task_id=node.id)
+    files = await save_media(response.media, services.artifacts / state.run_id, node.task_id, call.answered_cost)
+    for file in files:
+        state.emit(MediaSaved, task_id=node.id, attempt=result.attempts, model=call.tally.model or request.model,
+                   path=file["path"], media_type=file["media_type"], bytes=file["bytes"], cost_usd=file["cost_usd"])
+    return files[0] if wanted.count == 1 and len(files) == 1 else files
 
 
 def _system_message(services: Services, state: RunState, node: Node, variables: dict[str, Any]) -> str | None:
@@ -126,7 +163,11 @@ class _Executor:
     async def _once(self, variables: dict[str, Any]) -> Any:
         kind = self.spec.kind
         if kind == "prompt":
+            if self.spec.images:
+                return await prompt_with_images(self.services, self.state, self.node, self.result, variables)
             return await prompt(self.services, self.state, self.node, self.result, variables)
+        if kind == "generate":
+            return await generate(self.services, self.state, self.node, self.result, variables)
         if kind == "call":
             return await self._call(variables)
         if kind == "workflow":

@@ -38,6 +38,7 @@ from engine.resilience.timeout import Deadlines
 from engine.runtime.bus import EventBus
 from engine.runtime.context import RunState, RunTree, Services
 from engine.runtime.executors import execute
+from engine.runtime.images import plain_inputs
 from engine.runtime.journal import ITEM_STATUS, Journal, restore
 from engine.runtime.logs import logger
 from engine.runtime.results import RunResult, RunStatus, TaskResult, Totals
@@ -94,7 +95,7 @@ class _Scheduler:
         state, started = self.state, time.time()
         if self.journal is not None:  # recorded before anything runs: an accepted run is never lost
             await self.journal.start(resumed=bool(self.restored))
-        state.emit(RunStarted, workflow=self.plan.name, inputs=state.inputs, nodes=len(self.plan.nodes))
+        state.emit(RunStarted, workflow=self.plan.name, inputs=plain_inputs(state.inputs), nodes=len(self.plan.nodes))
         status: RunStatus = "succeeded"
         try:
             with anyio.fail_after(self.plan.limits.timeout):

@@ -29,6 +29,16 @@ SCHEMA_FILE = "workflow.schema.json"
 META_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 
 
+IMAGE_INPUT: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["type"],
+    "description": "An image input: a path, a data: or https URL, or bytes (through the API), read as an image.",
+    "properties": {"type": {"const": "image", "description": "`image`."},
+                   "description": {"type": "string", "description": "What the image is for."},
+                   "title": {"type": "string", "description": "A short name for forms."},
+                   "default": {"type": "null", "description": "null: the input is optional."}},
+}
+
+
 def workflow_json_schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of a workflow document."""
     schema = Workflow.model_json_schema(by_alias=True)
@@ -37,7 +47,12 @@ def workflow_json_schema() -> dict[str, Any]:
     _task_kinds(definitions["Task"])
     for name in ("inputs", "outputs"):
         _identifier_keys(schema["properties"][name])
-    schema["properties"]["inputs"]["additionalProperties"] = {"$ref": META_SCHEMA}
+    schema["properties"]["inputs"]["additionalProperties"] = {
+        "if": {"type": "object", "required": ["type"], "properties": {"type": {"const": "image"}}},
+        "then": {"$ref": "#/$defs/ImageInput"},
+        "else": {"$ref": META_SCHEMA},
+    }
+    definitions["ImageInput"] = IMAGE_INPUT
     definitions["OutputSpec"]["properties"]["schema"] = {
         "description": definitions["OutputSpec"]["properties"]["schema"]["description"],
         "anyOf": [{"$ref": META_SCHEMA}, {"type": "null"}],
@@ -96,6 +111,9 @@ def _task_kinds(task: dict[str, Any]) -> None:
         "if": {"anyOf": [{"required": ["as"]}, {"required": ["max_concurrency"]}]},
         "then": {"required": ["for_each"]},
     })
+    for media, fields in (("video", ("count", "size")), ("image", ("aspect_ratio", "seconds"))):
+        rules.append({"if": {"required": ["generate"], "properties": {"generate": {"const": media}}},
+                      "then": {"properties": dict.fromkeys(fields, False)}})
     task["allOf"] = rules
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.depth import value_too_deep
+from engine.dsl.models import is_image_input
 from engine.dsl.source import MAX_DOCUMENT_DEPTH, TOO_DEEP
 from engine.errors import InputError
 from engine.suggest import did_you_mean
@@ -35,6 +36,8 @@ def validate_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[st
             about = f": {schema['description']}" if "description" in schema else ""
             problems.append(f"missing input {name!r}{about}")
             continue
+        if is_image_input(schema):
+            continue  # read and checked as an image before the run starts (runtime.images)
         if value_too_deep(values[name], MAX_DOCUMENT_DEPTH):  # jsonschema would recurse into every level
             problems.append(f"input {name!r}: {TOO_DEEP}")
             continue

@@ -20,12 +20,14 @@ from engine.errors import ConfigError
 if TYPE_CHECKING:
     from engine.dsl.models import Workflow
 
-# Every alias the seed systems' documents use, so their workflows validate as they are.
+# Every alias the seed systems' documents use, so their workflows validate as they are; and the
+# image and video models of the marketing template (Imagen and Veo in the seed).
+MEDIA_ALIASES = frozenset({"image_ai", "video_ai"})
 DEFAULT_MODEL_ALIASES = frozenset({
     "categorizer_ai", "fast_ai", "medium_ai", "thinking_ai", "code_ai", "research_ai",
     "product_ai", "image_analysis_ai", "finance_expert", "technical_expert",
     "general_expert", "router", "aggregator",
-})
+}) | MEDIA_ALIASES
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -39,6 +41,9 @@ class Catalog:
     functions: frozenset[str] = frozenset()
     vision: frozenset[str] = frozenset()  # aliases that read images
     generators: Mapping[str, frozenset[str]] = field(default_factory=dict)  # "image"/"video" -> aliases that make it
+    # Whether the two above are known: an engine knows what its models do; `orchestrion validate` without a
+    # configuration knows only the names, so it does not check what they can do.
+    check_abilities: bool = True
     _loaded: dict[Path, tuple[int, Workflow]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -51,6 +56,7 @@ class Catalog:
         *,
         vision: Iterable[str] = (),
         generators: Mapping[str, Iterable[str]] | None = None,
+        check_abilities: bool = True,
     ) -> Catalog:
         """Built-in addons and templates, then those of the given folders (later wins)."""
         addons: dict[str, Addon] = {}
@@ -65,8 +71,15 @@ class Catalog:
 
         return cls(DEFAULT_MODEL_ALIASES | frozenset(models), addons, templates,
                    frozenset(BUILTIN_FUNCTIONS) | frozenset(functions), frozenset(vision),
-                   {media: frozenset(aliases) for media, aliases in (generators or {}).items()})
+                   {media: frozenset(aliases) for media, aliases in (generators or {}).items()}, check_abilities)
 
+
+    @property
+    def text_models(self) -> frozenset[str]:
+        """The aliases a prompt task may use: all but the media models (the default media aliases, and any
+        alias configured to generate that does not also read images)."""
+        makers = frozenset().union(*self.generators.values()) if self.generators else frozenset()
+        return self.models - MEDIA_ALIASES - (makers - self.vision)
 
     def workflow_file(self, reference: str, base: Path | None = None) -> Path:
         """The file a ``workflow:`` reference names: a path (relative to ``base``, the referring

@@ -191,8 +191,11 @@ class Engine:
             raise plan_failed(outcome, task_id)
         return PlannedWorkflow(outcome.workflow, outcome.document, len(outcome.attempts))
 
-    async def chat(self, message: str, *, session_id: str = "default", template: str = "chat") -> ChatReply:
-        """One turn of a conversation: the ``chat`` template with the session's history."""
+    async def chat(self, message: str, *, session_id: str = "default", template: str = "chat",
+                   image: Any = None) -> ChatReply:
+        """One turn of a conversation: the ``chat`` template with the session's history. ``image`` (an
+        ``Image``, bytes, a path or a data: URL) goes with the message: the chat template sends it to
+        ``image_analysis_ai``, which must read images."""
         from engine.chat import ChatSession, reply_from
 
         store = await self._opened_store()
@@ -201,8 +204,10 @@ class Engine:
             session = self._sessions[session_id] = ChatSession(session_id)
             for turn in await store.session_turns(session_id):
                 session.add(turn.role, turn.content)
-        result = await self.run(self.catalog.load_workflow(template),
-                                {"message": message, "history": session.history()})
+        inputs: dict[str, Any] = {"message": message, "history": session.history()}
+        if image is not None:
+            inputs["image"] = image
+        result = await self.run(self.catalog.load_workflow(template), inputs)
         reply = reply_from(result, session)
         if reply.ok:
             seq, now = len(session.messages), time.time()

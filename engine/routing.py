@@ -15,8 +15,10 @@ Registered in every engine as the function ``orchestrion.route``, so workflows r
     - id: finance
       when: route.category == 'finance'
 
-Every decision says why: the model and its confidence, the keywords that
-matched, or that nothing did and the default applies.
+Every decision says why: the message's content (an image goes to
+``image_category`` when one is given: the seed's "if it contains an image, use
+the image model"), the model and its confidence, the keywords that matched, or
+that nothing did and the default applies.
 """
 
 from __future__ import annotations
@@ -32,8 +34,18 @@ def route(
     default: str,
     model: Mapping[str, Any] | None = None,
     threshold: float = 0.6,
+    *,
+    images: Any = None,
+    image_category: str | None = None,
 ) -> dict[str, Any]:
-    """The category for ``text``: the model's if it is confident enough, else by keywords, else ``default``."""
+    """The category for ``text``: ``image_category`` if the message carries ``images`` (an image, or a list),
+    else the model's if it is confident enough, else by keywords, else ``default``."""
+    carried = [image for image in (images if isinstance(images, list | tuple) else [images]) if image is not None]
+    if carried and image_category is not None:
+        what = ", ".join(str(getattr(image, "media_type", "an image")) + _size(image) for image in carried)
+        return {"category": image_category, "confidence": 1.0, "by": "content",
+                "reason": f"the message carries {len(carried)} image(s) ({what}), so {image_category}, "
+                          "whose model reads images"}
     categories = set(rules) | {default}
     if isinstance(model, Mapping):
         category, confidence = model.get("category"), model.get("confidence")
@@ -53,6 +65,11 @@ def route(
     total = sum(len(found) for found in scores.values())
     return {"category": best, "confidence": round(len(matched) / total, 3), "by": "keywords", "matched": matched,
             "reason": f"{why}; keywords matched for {best}: {', '.join(matched)}"}
+
+
+def _size(image: Any) -> str:
+    width, height = getattr(image, "width", None), getattr(image, "height", None)
+    return f" {width}x{height}" if width and height else ""
 
 
 def _matches(text: str, words: Sequence[str]) -> list[str]:

@@ -301,7 +301,9 @@ def test_a_plan_is_plain_values_that_pickle(template: str) -> None:
 
     from pydantic import BaseModel
 
-    plan = compile_workflow(load_workflow(ROOT / "templates" / f"{template}.yaml"), Catalog.default())
+    from tests.support.catalogs import able_catalog
+
+    plan = compile_workflow(load_workflow(ROOT / "templates" / f"{template}.yaml"), able_catalog())
     seen: set[int] = set()
 
     def walk(value: Any, where: str) -> None:

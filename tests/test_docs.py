@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import Catalog, compile_workflow, load_workflow, to_dot, to_mermaid
+from engine import compile_workflow, load_workflow, to_dot, to_mermaid
 from engine.cli import main
 from tests.conftest import ROOT
+from tests.support.catalogs import able_catalog
 
 README = (ROOT / "README.md").read_text()
 WORKFLOWS = sorted([*ROOT.glob("examples/*"), *ROOT.glob("templates/*")])
@@ -73,13 +74,13 @@ def test_readme_workflow_block_validates(tmp_path) -> None:
     (yaml_block,) = [block for block in blocks("yaml") if "dsl: orchestrion/v1" in block]
     path = tmp_path / "readme.yaml"
     path.write_text(yaml_block)
-    plan = compile_workflow(load_workflow(path), Catalog.default())
+    plan = compile_workflow(load_workflow(path), able_catalog())
     assert sorted(plan.nodes["summary"].depends_on) == ["companies", "research"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_every_example_and_template_compiles_and_graphs(path: Path) -> None:
-    plan = compile_workflow(load_workflow(path), Catalog.default())
+    plan = compile_workflow(load_workflow(path), able_catalog())
     assert plan.nodes and plan.critical_path
     assert to_mermaid(plan).count("-->") == len(plan.edges)
     assert to_dot(plan).count("->") == len(plan.edges)

@@ -307,3 +307,79 @@ async def test_with_a_store_an_image_given_as_bytes_is_kept_as_a_file_and_a_resu
     assert resumed.status == "succeeded"
     assert resumed.outputs["seen"].startswith("saw 1 image(s): image/png 11x12")
     await engine.aclose()
+
+
+def seed_config(media: MediaServer, **extra: Any) -> EngineConfig:
+    """The seed's aliases: text on the OpenAI-compatible server; image analysis on Gemini; images from the
+    images API; videos from Veo."""
+    base = config(media)
+    models = {
+        **{name: model.model_dump() for name, model in base.models.items()},
+        "image_analysis_ai": {"provider": "gm", "model": "gemini-2.5-pro", "vision": True},
+        "image_ai": {"provider": "oa", "model": "gpt-image-1", "generates": ["image"], "image_price": 0.04},
+        "video_ai": {"provider": "gm", "model": "veo-3.1-generate-preview", "generates": ["video"],
+                     "video_price": 0.4},
+    }
+    return EngineConfig.model_validate({**base.model_dump(), "models": models, "default_provider": "oa",
+                                        **extra})
+
+
+async def test_a_chat_message_with_an_image_goes_to_the_vision_alias_with_its_reason(
+        media: MediaServer, tmp_path: Path) -> None:
+    engine = Engine(seed_config(media), artifacts=tmp_path, sleep=no_sleep)
+    reply = await engine.chat("What does this label say?", image=make_png(40, 30), session_id="s1")
+    assert reply.ok, reply.result.error
+    assert reply.category == "V"
+    assert reply.answer == "saw 1 image(s): image/png 40x30; text: What does this label say?"
+    outputs = reply.result.outputs
+    assert outputs["routed_by"] == "content"
+    assert outputs["reason"] == "the message carries 1 image(s) (image/png 40x30), so V, whose model reads images"
+    assert media.requests_of("generate")[-1]["path"] == "/v1beta/models/gemini-2.5-pro:generateContent"
+    text_only = await engine.chat("Hello there", session_id="s1")  # the next turn, without an image
+    assert text_only.ok and text_only.category != "V"
+    assert "What does this label say?" in media.requests_of("chat")[-1]["body"]["messages"][-1]["content"]
+    await engine.aclose()
+
+
+async def test_on_the_embedded_model_a_chat_image_fails_saying_it_reads_text_only(tmp_path: Path) -> None:
+    engine = Engine(artifacts=tmp_path)
+    reply = await engine.chat("What is this?", image=make_png(4, 4))
+    assert not reply.ok
+    assert "image_analysis_ai" in str(reply.result.error) and "image_analysis" in str(reply.result.error)
+    with pytest.raises(WorkflowError, match="reads and writes text only"):
+        engine.compile(engine.catalog.load_workflow("image_analysis"))
+
+
+async def test_the_marketing_template_with_media_makes_copy_an_image_and_a_video(
+        media: MediaServer, tmp_path: Path) -> None:
+    import av
+
+    engine = Engine(seed_config(media), artifacts=tmp_path, sleep=no_sleep)
+    campaign = engine.catalog.load_workflow("marketing_campaign")
+    result = await engine.run(campaign, {"product": "eco-friendly water bottles", "media": True})
+    assert result.status == "succeeded", result.error
+    outputs = result.outputs
+    assert "eco-friendly water bottles" in outputs["brief"] and outputs["posts"]["twitter"]
+    image, video = outputs["image"], outputs["video"]
+    assert describe_image(await anyio.Path(image["path"]).read_bytes())[0] == "image/png"
+    with av.open(video["path"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) > 0
+    assert result.tasks["visuals"].cost_usd == pytest.approx(0.04 + 8 * 0.4)
+    assert result.totals.cost_usd >= 0.04 + 8 * 0.4
+    plain = await engine.run(campaign, {"product": "lamps"})
+    assert plain.status == "succeeded" and plain.outputs["image"] is None and plain.tasks["visuals"].status == "skipped"
+    await engine.aclose()
+
+
+async def test_the_seeds_campaign_request_is_planned_with_media_and_runs(media: MediaServer, tmp_path: Path) -> None:
+    engine = Engine(seed_config(media, planner={"mode": "guided"}), artifacts=tmp_path, sleep=no_sleep)
+    request = ("Create a complete marketing campaign for eco-friendly water bottles including social media posts, "
+               "product images, and a promotional video")
+    outcome = await engine.plan_outcome(request)
+    assert outcome.choice is not None and outcome.choice.name == "marketing_campaign"
+    assert outcome.choice.inputs["media"] is True and "'images'" in outcome.choice.reason
+    result = await engine.run(outcome.document or {})
+    assert result.status == "succeeded", result.error
+    assert result.outputs["image"]["media_type"] == "image/png"
+    assert result.outputs["video"]["media_type"] == "video/mp4"
+    await engine.aclose()

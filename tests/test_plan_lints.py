@@ -20,8 +20,9 @@ from engine.planner.lints import (
     fitting_addons,
     lint_plan,
 )
+from tests.support.catalogs import able_catalog
 
-CATALOG = engine.Catalog.default()
+CATALOG = able_catalog()  # the media templates' models can do what they ask
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 CAMPAIGN = "Create a marketing campaign for eco-friendly water bottles"
 

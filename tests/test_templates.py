@@ -16,6 +16,7 @@ import pytest
 import engine
 from engine import Engine, ModelError, ModelRequest, RunResult
 from engine.testing import FakeModel
+from tests.support.catalogs import GENERATORS, VISION, able_catalog
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE_FILES = sorted(path for path in TEMPLATES.iterdir() if path.suffix in (".yaml", ".yml", ".json"))
@@ -30,9 +31,11 @@ async def no_sleep(seconds: float) -> None:
     """Retries back off without waiting."""
 
 
-def make_engine(script: Mapping[str, Any] | None = None) -> tuple[Engine, FakeModel]:
-    fake = FakeModel(script)
-    return Engine(models=fake, sleep=no_sleep), fake
+
+
+def make_engine(script: Mapping[str, Any] | None = None, artifacts: Path | None = None) -> tuple[Engine, FakeModel]:
+    fake = FakeModel(script, vision=VISION, generates=GENERATORS)
+    return Engine(models=fake, sleep=no_sleep, artifacts=artifacts), fake
 
 
 def by_prompt(*pairs: tuple[str, Any]) -> Callable[[ModelRequest], Any]:
@@ -63,7 +66,7 @@ def test_template_validates_and_graphs_every_node(path: Path) -> None:
     assert workflow.name == path.stem and workflow.description
     for name, schema in workflow.inputs.items():
         assert schema.get("description") or "default" in schema, f"input {name!r} needs a description"
-    plan = engine.compile_workflow(workflow, engine.Catalog.default())
+    plan = engine.compile_workflow(workflow, able_catalog())
     mermaid = engine.to_mermaid(plan)
     assert mermaid.startswith("flowchart TD")
     for node_id in plan.nodes:
@@ -73,10 +76,13 @@ def test_template_validates_and_graphs_every_node(path: Path) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda path: path.stem)
-async def test_template_runs_on_the_echo_model(path: Path) -> None:
+async def test_template_runs_on_the_echo_model(path: Path, tmp_path: Path) -> None:
+    from engine.providers.fake import solid_png
+
     workflow = engine.load_workflow(path)
-    inputs = {name: "x" for name, schema in workflow.inputs.items() if "default" not in schema}
-    result = await make_engine()[0].run(path, inputs)
+    inputs = {name: solid_png(4, 4, (1, 2, 3)) if schema.get("type") == "image" else "x"
+              for name, schema in workflow.inputs.items() if "default" not in schema}
+    result = await make_engine(artifacts=tmp_path)[0].run(path, inputs)
     assert result.status == "succeeded", result.error
     assert set(result.outputs) == set(workflow.outputs)
 
@@ -114,6 +120,8 @@ async def test_marketing_campaign_produces_every_output() -> None:
         "posts": {"instagram": "IG: shine on", "twitter": "Tweet: shine #glow", "facebook": "FB: a story"},
         "email": "Subject: shine",
         "brief": "THE BRIEF",
+        "image": None,
+        "video": None,
     }
     assert all("CONCEPT: Shine" in call.prompt for call in fake.calls_to("medium_ai"))
     assert "young professionals" in fake.calls_to("fast_ai")[0].prompt  # the audience's default

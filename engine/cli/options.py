@@ -86,11 +86,17 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
 
     config = engine_config(args, secrets=False)
     addons, templates = _folders(args)
+    models = config.models if config is not None else {}
     return Catalog.default(
         addon_dirs=addons,
         template_dirs=templates,
-        models=[*getattr(args, "model", ()), *(config.models if config is not None else ())],
+        models=[*getattr(args, "model", ()), *models],
         functions=getattr(args, "function", ()),
+        vision=[alias for alias, model in models.items() if model.vision],
+        generators={media: [alias for alias, model in models.items() if media in model.generates]
+                    for media in ("image", "video")},
+        # Without a configuration only the names are known: what each model can do is checked by `run`.
+        check_abilities=config is not None,
     )
 
 

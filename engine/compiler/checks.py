@@ -36,7 +36,7 @@ def _check_task(site: Site, workflow: Workflow, catalog: Catalog) -> list[Proble
     if task.kind in ("prompt", "generate") and not _has_model(task, workflow.defaults):
         problems.append(Problem("no-model", f"task {task.id!r} has no model", (*path, "model"),
                                 "set `model:` on the task or under `defaults:`"))
-    if task.images or task.generate is not None:
+    if catalog.check_abilities and (task.images or task.generate is not None):
         problems += _check_abilities(task, path, workflow.defaults, catalog)
     if task.call is not None:
         problems += _check_name("function", task.call, (*path, "call"), catalog.functions,

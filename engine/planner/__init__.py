@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
+
 from engine.catalog import Catalog
 from engine.dsl.loader import load_workflow
 from engine.dsl.models import Workflow
@@ -32,7 +34,14 @@ from engine.errors import InvalidOutputError, ModelError, Problem, TaskError, Wo
 from engine.model.client import Message, ModelRequest, build_request
 from engine.model.output import parse_output, repair_request
 from engine.model.prices import Price, estimate_usage
-from engine.planner.guided import GuidedChoice, choose_pattern, match_template, pattern_document, template_document
+from engine.planner.guided import (
+    GuidedChoice,
+    choose_pattern,
+    match_template,
+    pattern_document,
+    template_document,
+    with_media,
+)
 from engine.planner.lints import lint_plan
 
 ALIAS_ROLES: dict[str, str] = {
@@ -90,7 +99,7 @@ def planner_schema(catalog: Catalog, limits: PlannerLimits) -> dict[str, Any]:
     task: dict[str, Any] = {  # no ids: tasks are step1, step2... in order, so they can never clash
         "type": "object", "required": ["model", "prompt"], "additionalProperties": False,
         "properties": {
-            "model": {"enum": sorted(catalog.models)},
+            "model": {"enum": sorted(catalog.text_models)},
             "prompt": {"type": "string", "minLength": 8, "maxLength": limits.max_prompt_chars},
         },
     }
@@ -109,7 +118,7 @@ def planner_schema(catalog: Catalog, limits: PlannerLimits) -> dict[str, Any]:
 
 
 def planner_prompt(catalog: Catalog) -> str:
-    roles = [f"- {alias}: {ALIAS_ROLES.get(alias, 'a configured model')}" for alias in sorted(catalog.models)]
+    roles = [f"- {alias}: {ALIAS_ROLES.get(alias, 'a configured model')}" for alias in sorted(catalog.text_models)]
     aliases = "\n".join(roles)
     addons = ", ".join(sorted(catalog.addons)) or "none"
     templates = ", ".join(sorted(catalog.templates)) or "none"
@@ -206,9 +215,10 @@ class Planner:
     async def _plan_guided(self, request: str) -> PlanOutcome:
         """A template the request names, else a pattern (see ``engine.planner.guided``); checked and linted
         like a free plan, so a fault in a skeleton shows as a problem, never as a silent poor plan."""
-        templates = self._templates()
+        templates = await anyio.to_thread.run_sync(self._templates)  # files read and parsed off the event loop
         choice = match_template(request, templates, self._shipped())
         if choice is not None:
+            choice = with_media(choice, templates[choice.name], request, self.catalog)
             document = template_document(templates[choice.name], choice, request)
         else:
             choice = await choose_pattern(request, self._choose if self.choose_with_model else None)

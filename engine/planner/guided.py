@@ -124,6 +124,24 @@ def match_template(request: str, templates: Mapping[str, Workflow],
     return GuidedChoice("template", name, f"the request says {hit.strip()!r}", {field: subject_of(request, hit)})
 
 
+MEDIA_WORDS = ("image", "images", "photo", "photos", "picture", "pictures", "imagery", "video", "videos")
+
+
+def with_media(choice: GuidedChoice, template: Workflow, request: str, catalog: Catalog) -> GuidedChoice:
+    """The choice with the template's boolean ``media`` input on when the request asks for images or video
+    and the engine has models that make both (``image_ai``, ``video_ai``); else unchanged."""
+    schema = template.inputs.get("media")
+    if schema is None or schema.get("type") != "boolean":
+        return choice
+    text = f" {request.lower()} "
+    asked = [word for word in MEDIA_WORDS if _has(text, word)]
+    able = "image_ai" in catalog.generators.get("image", ()) and "video_ai" in catalog.generators.get("video", ())
+    if not asked or not able:
+        return choice
+    return GuidedChoice(choice.kind, choice.name, f"{choice.reason}; it asks for {asked[0]!r}, so media are made",
+                        {**choice.inputs, "media": True})
+
+
 def subject_of(request: str, keyword: str | None = None) -> str:
     """What the request is about: "Create a marketing campaign for eco-friendly water bottles" ->
     "eco-friendly water bottles". The whole request when no joint is found."""

@@ -67,8 +67,13 @@ async def no_sleep(seconds: float) -> None:
     await anyio.lowlevel.checkpoint()
 
 
-def engine_for(media: MediaServer, tmp_path: Path, **extra: Any) -> Engine:
-    return Engine(config(media, **extra), artifacts=tmp_path / "artifacts", sleep=no_sleep)
+async def build(config: EngineConfig | None = None, **options: Any) -> Engine:
+    """An Engine made off the event loop (its HTTP clients load the system's certificates)."""
+    return await anyio.to_thread.run_sync(functools.partial(Engine, config, **options))
+
+
+async def engine_for(media: MediaServer, tmp_path: Path, **extra: Any) -> Engine:
+    return await build(config(media, **extra), artifacts=tmp_path / "artifacts", sleep=no_sleep)
 
 
 def look(model: str | list[str], *, images: str = "[photo]") -> dict[str, Any]:
@@ -85,7 +90,7 @@ async def test_an_image_input_reaches_each_provider_in_its_wire_format(
         media: MediaServer, tmp_path: Path, alias: str, route: str, streamed: bool) -> None:
     picture = tmp_path / "photo.png"
     picture.write_bytes(make_png(64, 48))
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     before = len(media.requests_of(route))
     events: list[Any] = []
     result = await engine.run(look(alias), {"photo": str(picture)}, on_event=events.append if streamed else None)
@@ -100,7 +105,7 @@ async def test_an_image_input_reaches_each_provider_in_its_wire_format(
 async def test_every_way_of_giving_an_image_is_read_and_checked(media: MediaServer, tmp_path: Path) -> None:
     jpeg_server = _static_server(tmp_path / "www")
     (tmp_path / "www" / "cat.png").write_bytes(make_png(20, 10))
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     given = [Image.from_bytes(make_png(5, 5)), make_png(6, 6), data_url(make_png(7, 7)),
              f"{jpeg_server}/cat.png"]
     seen = [(await engine.run(look("eyes_openai"), {"photo": value})).outputs["seen"] for value in given]
@@ -129,7 +134,7 @@ class _QuietFiles(http.server.SimpleHTTPRequestHandler):
 
 async def test_a_model_that_refuses_the_image_type_hands_it_to_the_next_of_the_chain(
         media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     before = len(media.requests_of("generate"))
     events: list[Any] = []
     result = await engine.run(look(["eyes_gemini", "eyes_openai"]), {"photo": make_gif(9, 9)}, on_event=events.append)
@@ -145,7 +150,7 @@ async def test_a_model_that_refuses_the_image_type_hands_it_to_the_next_of_the_c
 
 async def test_the_gates_count_an_image_by_its_providers_rule(media: MediaServer, tmp_path: Path) -> None:
     # A 4000x4000 image: OpenAI's tiles count it 765 tokens, Gemini's 36 tiles of 258 (9,288).
-    engine = engine_for(media, tmp_path, gates=[{"above": 2000, "deny": True}])
+    engine = await engine_for(media, tmp_path, gates=[{"above": 2000, "deny": True}])
     big = await anyio.to_thread.run_sync(make_png, 4000, 4000)  # Pillow takes a while: off the loop
     openai = await engine.run(look("eyes_openai"), {"photo": big})
     gemini = await engine.run(look("eyes_gemini"), {"photo": big})
@@ -155,7 +160,7 @@ async def test_the_gates_count_an_image_by_its_providers_rule(media: MediaServer
 
 
 def test_images_to_a_model_without_vision_fail_validation_and_say_why(media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = Engine(config(media), artifacts=tmp_path)
     with pytest.raises(WorkflowError) as caught:
         engine.compile(load_workflow(look(["eyes_openai", "writer"])))
     problem, = caught.value.problems
@@ -173,7 +178,7 @@ def paint(model: str, **fields: Any) -> dict[str, Any]:
 
 
 async def test_the_images_api_makes_files_in_the_runs_artefact_folder(media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     events: list[Any] = []
     result = await engine.run(paint("painter", count=2, size="128x96"), on_event=events.append)
     assert result.status == "succeeded", result.error
@@ -195,7 +200,7 @@ async def test_the_images_api_makes_files_in_the_runs_artefact_folder(media: Med
 
 
 async def test_a_gemini_image_model_makes_one_image_a_call(media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     result = await engine.run(paint("gemini_painter", size="1024x1024"))
     assert result.status == "succeeded", result.error
     file = result.tasks["art"].output
@@ -215,7 +220,7 @@ def film(**fields: Any) -> dict[str, Any]:
 async def test_a_video_operation_is_polled_downloaded_and_decoded(media: MediaServer, tmp_path: Path) -> None:
     import av
 
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     before = len(media.requests_of("poll"))
     result = await engine.run(film(seconds=6, aspect_ratio="16:9"))
     assert result.status == "succeeded", result.error
@@ -235,7 +240,7 @@ async def test_a_video_operation_is_polled_downloaded_and_decoded(media: MediaSe
 
 
 async def test_a_failed_poll_is_polled_again_not_paid_for_twice(media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     predicts = len(media.requests_of("predict"))
     media.faults_for["poll"] = ["500"]
     result = await engine.run(film())
@@ -245,7 +250,7 @@ async def test_a_failed_poll_is_polled_again_not_paid_for_twice(media: MediaServ
 
 
 async def test_an_operation_that_fails_is_an_error_the_retry_policy_decides(media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     media.faults_for["predict"] = ["operation_error"]
     once = await engine.run(film(retry=None))
     assert once.status == "failed"
@@ -257,7 +262,7 @@ async def test_an_operation_that_fails_is_an_error_the_retry_policy_decides(medi
 
 
 async def test_cancelling_a_run_cancels_its_video_operation(media: MediaServer, tmp_path: Path) -> None:
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     media.polls_until_done = 10_000
     cancels = len(media.cancelled)
     polls = len(media.requests_of("poll"))
@@ -280,7 +285,7 @@ async def test_a_generated_image_is_passed_to_a_later_task(media: MediaServer, t
         {"id": "art", "model": "painter", "generate": "image", "prompt": "A bottle", "size": "64x64"},
         {"id": "review", "model": "eyes_claude", "prompt": "Review this product image", "images": ["art"]}]}],
         "outputs": {"review": "{{ review }}"}}
-    engine = engine_for(media, tmp_path)
+    engine = await engine_for(media, tmp_path)
     result = await engine.run(workflow)
     assert result.status == "succeeded", result.error
     assert result.outputs["review"] == "saw 1 image(s): image/png 64x64; text: Review this product image"
@@ -292,7 +297,7 @@ async def test_with_a_store_an_image_given_as_bytes_is_kept_as_a_file_and_a_resu
         media: MediaServer, tmp_path: Path) -> None:
     workflow = look("eyes_openai")
     workflow["defaults"] = {"retry": None}
-    engine = Engine(config(media), artifacts=tmp_path / "artifacts", store=f"sqlite+aiosqlite:///{tmp_path}/runs.db")
+    engine = await build(config(media), artifacts=tmp_path / "artifacts", store=f"sqlite+aiosqlite:///{tmp_path}/runs.db")
     media.faults_for["chat"] = ["500"]
     failed = await engine.run(workflow, {"photo": make_png(11, 12)})
     assert failed.status == "failed"
@@ -326,7 +331,7 @@ def seed_config(media: MediaServer, **extra: Any) -> EngineConfig:
 
 async def test_a_chat_message_with_an_image_goes_to_the_vision_alias_with_its_reason(
         media: MediaServer, tmp_path: Path) -> None:
-    engine = Engine(seed_config(media), artifacts=tmp_path, sleep=no_sleep)
+    engine = await build(seed_config(media), artifacts=tmp_path, sleep=no_sleep)
     reply = await engine.chat("What does this label say?", image=make_png(40, 30), session_id="s1")
     assert reply.ok, reply.result.error
     assert reply.category == "V"
@@ -342,7 +347,7 @@ async def test_a_chat_message_with_an_image_goes_to_the_vision_alias_with_its_re
 
 
 async def test_on_the_embedded_model_a_chat_image_fails_saying_it_reads_text_only(tmp_path: Path) -> None:
-    engine = Engine(artifacts=tmp_path)
+    engine = await build(artifacts=tmp_path)
     reply = await engine.chat("What is this?", image=make_png(4, 4))
     assert not reply.ok
     assert "image_analysis_ai" in str(reply.result.error) and "image_analysis" in str(reply.result.error)
@@ -354,7 +359,7 @@ async def test_the_marketing_template_with_media_makes_copy_an_image_and_a_video
         media: MediaServer, tmp_path: Path) -> None:
     import av
 
-    engine = Engine(seed_config(media), artifacts=tmp_path, sleep=no_sleep)
+    engine = await build(seed_config(media), artifacts=tmp_path, sleep=no_sleep)
     campaign = engine.catalog.load_workflow("marketing_campaign")
     result = await engine.run(campaign, {"product": "eco-friendly water bottles", "media": True})
     assert result.status == "succeeded", result.error
@@ -372,7 +377,7 @@ async def test_the_marketing_template_with_media_makes_copy_an_image_and_a_video
 
 
 async def test_the_seeds_campaign_request_is_planned_with_media_and_runs(media: MediaServer, tmp_path: Path) -> None:
-    engine = Engine(seed_config(media, planner={"mode": "guided"}), artifacts=tmp_path, sleep=no_sleep)
+    engine = await build(seed_config(media, planner={"mode": "guided"}), artifacts=tmp_path, sleep=no_sleep)
     request = ("Create a complete marketing campaign for eco-friendly water bottles including social media posts, "
                "product images, and a promotional video")
     outcome = await engine.plan_outcome(request)
@@ -382,4 +387,37 @@ async def test_the_seeds_campaign_request_is_planned_with_media_and_runs(media: 
     assert result.status == "succeeded", result.error
     assert result.outputs["image"]["media_type"] == "image/png"
     assert result.outputs["video"]["media_type"] == "video/mp4"
+    await engine.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
+async def test_over_http_an_image_is_a_data_url_and_nothing_else_is_read(media: MediaServer, tmp_path: Path) -> None:
+    import httpx
+
+    from engine.server import create_app
+    from tests.support.live_server import serving
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(make_png(3, 3))
+    engine = await build(seed_config(media), artifacts=tmp_path / "artifacts", sleep=no_sleep)
+    async with serving(create_app(engine)) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        described = (await client.get("/templates/image_analysis")).json()
+        assert described["inputs"]["properties"]["image"]["format"] == "data-url"
+        given = {"message": "What is this?", "image": data_url(make_png(30, 20))}
+        answer = await client.post("/template/image_analysis", json=given)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"]["answer"] == "saw 1 image(s): image/png 30x20; text: What is this?"
+        for value in (str(secret), f"{media.url}/files/x.png", {"path": str(secret)}):
+            refused = await client.post("/template/image_analysis", json={**given, "image": value})
+            assert refused.status_code == 422, refused.text
+            assert "data: URL" in refused.text and "reads no path" in refused.text
+        chat = await client.post("/chat", json={"message": "Describe it", "image": data_url(make_png(8, 8))})
+        assert chat.status_code == 200 and chat.json()["category"] == "V", chat.text
+        assert chat.json()["answer"].startswith("saw 1 image(s): image/png 8x8")
+        sneaky = {"dsl": "orchestrion/v1", "name": "sneaky", "stages": [{"type": "inline", "tasks": [
+            {"id": "t", "model": "eyes_openai", "prompt": "x", "images": [f"{{'path': '{secret}'}}"]}]}]}
+        run = await client.post("/workflow", json={"workflow": sneaky})
+        assert run.json()["status"] == "failed" and "not a file this engine generated" in run.text
+    seen = [r for r in media.requests_of("chat") if "images" in str(r["body"]) and "3x3" in str(r["body"])]
+    assert seen == []
     await engine.aclose()

@@ -172,3 +172,18 @@ async def test_the_embedded_model_refuses_images_with_a_clear_error() -> None:
     request = ModelRequest("fast_ai", (Message("user", "hi", (Image.from_bytes(make_gif(2, 2)),)),))
     with pytest.raises(Exception, match="reads and writes text only"):
         _text_only(request, "local")
+
+
+@pytest.mark.parametrize("expression", ["'/etc/passwd'", "{'path': '/etc/hostname'}", "'https://example.com/a.png'",
+                                        "{'path': photo_path}"])
+async def test_a_tasks_images_are_never_read_from_a_path_a_workflow_names(expression: str, tmp_path: Path) -> None:
+    """A workflow may come from the network or the planner: `images:` take image inputs and generated files
+    only, so no string (nor a made-up output) makes the engine read a file of the host."""
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(solid_png(2, 2, (0, 0, 0)))
+    engine = Engine(models=FakeModel(vision=True), artifacts=tmp_path / "artifacts")
+    document = workflow({"prompt": "x", "images": [expression], "model": "fast_ai"}, {"photo_path": {"type": "string"}})
+    result = await engine.run(document, {"photo_path": str(outside)})
+    assert result.status == "failed"
+    assert "image input (`type: image`) or a `generate: image` task's output" in str(result.error) or \
+        "is not a file this engine generated" in str(result.error)

@@ -66,7 +66,8 @@ async def prompt_with_images(services: Services, state: RunState, node: Node, re
     spec = node.task
     assert spec is not None
     values = [services.renderer.evaluate(source, variables) for source in spec.images]
-    return await prompt(services, state, node, result, variables, images=await images_for(values, node.task_id))
+    images = await images_for(values, node.task_id, services.artifacts)
+    return await prompt(services, state, node, result, variables, images=images)
 
 
 async def generate(services: Services, state: RunState, node: Node, result: TaskResult,

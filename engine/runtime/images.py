@@ -1,11 +1,16 @@
 """Images in a run: inputs read as images, images a prompt task sends, media a generation wrote.
 
-An image input (``{type: image}``) may be given as an ``Image``, bytes, a ``data:`` URL,
-an ``http(s)`` URL (fetched, bounded), or a file's path; it is read once, before the run
-starts, and checked (``engine.model.media``). What a run keeps of it (the run store,
-events) is a file's path: an image given as bytes or a URL is first written under the
-run's artefact folder, so a resumed run reads the same bytes. Generated media are
-written there too, named by their content, and a task's output names them.
+An image input (``{type: image}``) of a top-level run may be given as an ``Image``, bytes,
+a ``data:`` URL, an ``http(s)`` URL (fetched, bounded), or a file's path: the caller is the
+application or the command line, who may read its own files (the HTTP adapter takes data:
+URLs only). It is read once, before the run starts, and checked (``engine.model.media``).
+What a run keeps of it (the run store, events) is a file's path: an image given as bytes or
+a URL is first written under the run's artefact folder, so a resumed run reads the same bytes.
+
+Generated media are written under that folder too, named by their content, and a task's
+output names them. A task's ``images:`` take only images: an image input, or a generated
+file inside the artefact folder. A string there is refused, never read as a path, so a
+workflow (which may come from the network or the planner) cannot read a file of the host.
 """
 
 from __future__ import annotations
@@ -111,18 +116,34 @@ def _write(folder: Path, stem: str, data: bytes, suffix: str) -> Path:
     return path.resolve()
 
 
-async def images_for(values: Sequence[Any], task_id: str) -> tuple[Image, ...]:
-    """The images a prompt task's ``images:`` expressions gave (a list counts each; null counts none)."""
+async def images_for(values: Sequence[Any], task_id: str, artifacts: Path | None) -> tuple[Image, ...]:
+    """The images a prompt task's ``images:`` expressions gave (a list counts each; null counts none): image
+    inputs, or files a ``generate:`` task wrote under ``artifacts``. Anything else is a TaskError."""
     found: list[Image] = []
     for value in values:
         for item in value if isinstance(value, list | tuple) else (value,):
             if item is None:
                 continue
             try:
-                found.append(await load_image(item, f"task {task_id!r}: an image"))
+                found.append(await _task_image(item, artifacts, f"task {task_id!r}: an image"))
             except MediaError as error:
                 raise TaskError(str(error), task_id=task_id) from None
     return tuple(found)
+
+
+async def _task_image(value: Any, artifacts: Path | None, what: str) -> Image:
+    if isinstance(value, Image):
+        return value
+    path = value.get("path") if isinstance(value, Mapping) else None
+    if not isinstance(path, str):
+        raise MediaError(f"{what} is an image input (`type: image`) or a `generate: image` task's output, "
+                         f"not a {type(value).__name__}")
+    def inside() -> bool:  # resolved (symbolic links followed) off the event loop
+        return artifacts is not None and Path(path).resolve().is_relative_to(artifacts.resolve())
+
+    if not await anyio.to_thread.run_sync(inside):
+        raise MediaError(f"{what}: {path} is not a file this engine generated (under its artefact folder)")
+    return await _read_file(Path(path), what)
 
 
 async def save_media(media: Sequence[Media], folder: Path, task_id: str, cost_usd: float) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from engine.server.context import (
     same_request,
 )
 from engine.server.errors import ApiError
+from engine.server.images import network_inputs, public_schema
 from engine.suggest import did_you_mean
 
 MAX_MESSAGE_CHARS = 200_000
@@ -52,6 +53,8 @@ class ChatBody(BaseModel):
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
     session_id: str = Field("default", pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     template: str = Field("chat", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    image: str | None = Field(None, description="An image sent with the message, as a data: URL (the chat template "
+                              "sends it to image_analysis_ai)")
 
 
 class WorkflowBody(BaseModel):
@@ -102,7 +105,9 @@ async def chat(request: Request, caller: str = Caller) -> JsonAnswer:
     body = await read_body(request, ChatBody)
     _known_template(context, body.template)
     check_capacity(context, caller)
-    reply = await context.engine.chat(body.message, session_id=body.session_id, template=body.template)
+    image = network_inputs(_known_template(context, body.template), {"image": body.image})["image"] \
+        if body.image is not None else None
+    reply = await context.engine.chat(body.message, session_id=body.session_id, template=body.template, image=image)
     result = reply.result
     return JsonAnswer({"answer": reply.answer, "category": reply.category, "session_id": body.session_id,
                        "run_id": result.run_id, "status": result.status, "error": result.error,
@@ -123,7 +128,7 @@ async def workflow(request: Request, wait: bool = True, raise_: bool = Query(Fal
         else load_workflow(body.workflow)
     refuse_file_references(loaded)
     check_capacity(context, caller)
-    prepared = await context.engine.prepare(loaded, body.inputs, run_id=None)
+    prepared = await context.engine.prepare(loaded, network_inputs(loaded, body.inputs), run_id=None)
     return await launch(request, prepared, caller, wait=wait, raise_on_failure=raise_)
 
 
@@ -140,7 +145,7 @@ async def template(request: Request, name: str, wait: bool = True, raise_: bool 
     if repeated is not None:
         return repeated
     check_capacity(context, caller)
-    prepared = await context.engine.prepare(loaded, inputs)
+    prepared = await context.engine.prepare(loaded, network_inputs(loaded, inputs))
     return await launch(request, prepared, caller, wait=wait, raise_on_failure=raise_)
 
 
@@ -198,7 +203,8 @@ def _known_template(context: ServerContext, name: str) -> Workflow:
 def describe_template(name: str, workflow: Workflow, *, graph: bool) -> dict[str, Any]:
     required = [key for key, schema in workflow.inputs.items() if "default" not in schema]
     return {"name": name, "workflow": workflow.name, "version": workflow.version, "description": workflow.description,
-            "inputs": {"type": "object", "properties": workflow.inputs, "required": required,
+            "inputs": {"type": "object", "required": required,
+                       "properties": {key: public_schema(schema) for key, schema in workflow.inputs.items()},
                        "additionalProperties": False},
             "outputs": sorted(workflow.outputs)}
 

@@ -46,6 +46,7 @@ from engine.server.context import (
 )
 from engine.server.errors import ApiError, error_body
 from engine.server.hub import Found, LiveRun
+from engine.server.images import network_inputs
 from engine.server.runs import STREAM_HEADERS
 from engine.suggest import did_you_mean
 
@@ -354,7 +355,7 @@ async def _prepare_template(context: ServerContext, body: ChatCompletionBody, co
     inputs = template_inputs(body.model, workflow, conversation)
     check_capacity(context, caller)
     try:
-        prepared = await context.engine.prepare(workflow, inputs)
+        prepared = await context.engine.prepare(workflow, network_inputs(workflow, inputs))
     except InputError as error:
         raise _misfit(body.model, workflow, "; ".join(error.problems), error.problems) from None
     return Target(prepared, None)

@@ -37,8 +37,7 @@ class Clock:
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now = max(self.now, self.now + 0.0)  # the sleeper's start is now
-        wake = self.now + seconds
+        wake = self.now + seconds  # from when it fell asleep; others may move the clock meanwhile
         await anyio.lowlevel.checkpoint()
         self.now = max(self.now, wake)
 

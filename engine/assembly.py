@@ -17,10 +17,12 @@ from engine.providers import build_provider
 from engine.resilience.breaker import Breakers
 from engine.resilience.cache import model_target
 from engine.resilience.call import Sleep
+from engine.resilience.cap import CostCap, MemoryCap, RedisCap
 from engine.resilience.gates import Gatekeeper
 from engine.resilience.pipeline import ModelPipeline, PipelineParts, build_pipeline
 from engine.resilience.provider import Clients
-from engine.resilience.ratelimit import RateLimiter
+from engine.resilience.ratelimit import Limiter, RateLimiter, SharedRateLimiter
+from engine.resilience.redis_link import RedisLink
 from engine.resilience.slots import Slot
 from engine.secrets import Scrubber
 from engine.store.base import RunStore
@@ -48,15 +50,40 @@ def model_targets(config: EngineConfig, aliases: set[str], given: Mapping[str, M
 
 
 def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, prices: Mapping[str, Price],
-                 model_concurrency: Mapping[str, int], sleep: Sleep, store: RunStore | None = None) -> ModelPipeline:
+                 model_concurrency: Mapping[str, int], sleep: Sleep, store: RunStore | None = None,
+                 links: Links | None = None, cap: CostCap | None = None) -> ModelPipeline:
+    """``links``: the Redis links the shared rate limits use (made there as needed, closed by the engine)."""
     windows = {alias: model.context_window for alias, model in config.models.items()}
     routes = provider_routes(config, set(DEFAULT_MODEL_ALIASES))
     return build_pipeline(PipelineParts(
         clients=clients, prices=prices, breakers=breakers, gatekeeper=Gatekeeper(config.gates, windows),
         tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
-        rate_limiters=rate_limiters(config, routes), slots=slots(config, routes, model_concurrency),
-        retry=config.retry, sleep=sleep, store=store,
+        rate_limiters=rate_limiters(config, routes, {} if links is None else links),
+        slots=slots(config, routes, model_concurrency), retry=config.retry, sleep=sleep, store=store, cap=cap,
     ))
+
+
+Links = dict[str, RedisLink]  # Redis URL -> its link, one per server an engine talks to
+
+
+def link(links: Links, url: str, what: str) -> RedisLink:
+    """The link to ``url`` (made on first use; ConfigError without the redis client)."""
+    found = links.get(url)
+    if found is None:
+        found = links[url] = RedisLink(url, what)
+    return found
+
+
+def cost_cap(config: EngineConfig, links: Links) -> CostCap | None:
+    """The cost cap across runs that ``budget:`` asks for: in Redis with ``storage``, else in this process."""
+    budget = config.budget
+    if budget.max_cost_usd is None:
+        return None
+    if budget.storage is None:
+        return MemoryCap(budget.max_cost_usd)
+    assert budget.key is not None  # BudgetConfig requires it with storage
+    return RedisCap(link(links, budget.storage, "budget.storage"), budget.key, budget.max_cost_usd,
+                    reservation_ttl=budget.reservation_ttl)
 
 
 def secrets(config: EngineConfig) -> Scrubber:
@@ -127,9 +154,15 @@ def prices(config: EngineConfig) -> dict[str, Price]:
             for alias, m in config.models.items()}
 
 
-def rate_limiters(config: EngineConfig, routes: Routes) -> dict[str, RateLimiter]:
-    """One limiter per provider with limits, shared by every alias it serves."""
-    limiters = {name: RateLimiter(p.rpm, p.tpm) for name, p in config.providers.items() if p.rpm or p.tpm}
+def rate_limiters(config: EngineConfig, routes: Routes, links: Links) -> dict[str, Limiter]:
+    """One limiter per provider with limits, shared by every alias it serves: its window in Redis with
+    ``rate_limits.storage``, else in this process."""
+    storage = config.rate_limits.storage
+    limiters: dict[str, Limiter] = {}
+    for name, provider in config.providers.items():
+        if provider.rpm or provider.tpm:
+            limiters[name] = RateLimiter(provider.rpm, provider.tpm) if storage is None else SharedRateLimiter(
+                link(links, storage, "rate_limits.storage"), name, provider.rpm, provider.tpm)
     return {alias: limiters[name] for alias, (name, _) in routes.items() if name in limiters}
 
 

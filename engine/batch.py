@@ -28,6 +28,16 @@ task group, which an async generator cannot do safely across its ``yield``. A ba
    Engine built from ``engine.config``. ``run_one(engine, workflow, index, inputs)`` is that run,
    every failure made the item's error, for a backend (or its workers) to call.
 
+Under a cost cap across runs (``budget: {max_cost_usd: ...}``, ``Engine.cost_cap``), the batch stops
+starting runs once the cap is reached (a call was refused under it, or everything is spent, or a
+cap kept in Redis cannot be checked): no more input is read, the runs in flight finish (their
+calls refused if over the cap, which makes them failed items), and once their items are
+delivered, iterating ends and leaving the block raises BudgetExceededError saying why. The inputs
+not started have no item: a later batch over the same inputs, under a higher cap or a new key,
+goes on with them (``orchestrion batch --resume``). The check is made before each input is
+started, on the caller's engine, so it holds for every backend (with Redis, it asks Redis once
+per input).
+
 Everything crossing the seam is plain data, for a backend that runs elsewhere (Ray, Dask): the
 workflow is a validated ``Workflow`` (pydantic: ``workflow.model_dump(mode="json", by_alias=True,
 exclude_unset=True)`` is its document, which ``load_workflow`` reads back; it also pickles), the
@@ -47,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from engine.dsl.loader import load_workflow
-from engine.errors import OrchestrionError
+from engine.errors import BudgetExceededError, OrchestrionError
 from engine.runtime.results import RunResult
 
 if TYPE_CHECKING:
@@ -56,6 +66,7 @@ if TYPE_CHECKING:
     from engine.core import Engine
     from engine.dsl.loader import WorkflowSource
     from engine.dsl.models import Workflow
+    from engine.resilience.cap import CostCap
 
 BUFFER = 32  # finished items that may wait for the caller before runs wait for it
 Inputs = Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
@@ -153,6 +164,7 @@ async def open_batch(engine: Engine, workflow: WorkflowSource, inputs: Inputs, *
     engine.compile(loaded)  # an invalid workflow raises here; every run reuses the plan (cached per Workflow)
     await engine.run_store()  # a store that cannot be opened raises here, not once per input
     send, receive = anyio.create_memory_object_stream[BatchItem](BUFFER)
+    stopped: list[str] = []  # why the batch stopped starting runs, if it did (the cost cap)
 
     async def deliver(item: BatchItem) -> None:
         try:
@@ -161,7 +173,7 @@ async def open_batch(engine: Engine, workflow: WorkflowSource, inputs: Inputs, *
             await send.send(item)  # the caller is behind: wait for it
 
     async def drive() -> None:
-        numbered = _numbered(inputs, deliver)
+        numbered = _numbered(inputs, deliver, engine.cost_cap, stopped)
         async with send:
             try:
                 await (backend or LocalBackend()).run(engine, loaded, numbered, concurrency, deliver)
@@ -176,6 +188,9 @@ async def open_batch(engine: Engine, workflow: WorkflowSource, inputs: Inputs, *
                 yield _Results(receive)
             finally:
                 group.cancel_scope.cancel()  # the caller is done: stop the runs still going
+    if stopped:  # raised here, out of the task group: the caller gets the error itself, not a group of one
+        raise BudgetExceededError(f"{stopped[0]}; the batch stopped starting runs (the inputs not started have no "
+                                  "result)")
 
 
 class _Results:
@@ -206,8 +221,10 @@ class _Results:
             raise StopAsyncIteration from None
 
 
-async def _numbered(inputs: Inputs, deliver: Deliver) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+async def _numbered(inputs: Inputs, deliver: Deliver, cap: CostCap | None = None, stopped: list[str] | None = None
+                    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
     """``(index, inputs)`` for each input mapping; anything else is delivered as its index's error.
+    Under a cost ``cap``, it ends once the cap is reached, the reason added to ``stopped``.
 
     A plain iterable is read on the event loop: it must not block (read files with an async one)."""
     index = 0
@@ -215,6 +232,8 @@ async def _numbered(inputs: Inputs, deliver: Deliver) -> AsyncGenerator[tuple[in
         source = aiter(inputs)
         try:
             async for values in source:
+                if cap is not None and await _reached(cap, stopped):
+                    return
                 if isinstance(values, Mapping):
                     yield index, dict(values)
                 else:
@@ -226,11 +245,20 @@ async def _numbered(inputs: Inputs, deliver: Deliver) -> AsyncGenerator[tuple[in
                 await close()
     else:
         for values in inputs:
+            if cap is not None and await _reached(cap, stopped):
+                return
             if isinstance(values, Mapping):
                 yield index, dict(values)
             else:
                 await deliver(_not_a_mapping(index, values))
             index += 1
+
+
+async def _reached(cap: CostCap, stopped: list[str] | None) -> bool:
+    reason = await cap.reached()
+    if reason is not None and stopped is not None:
+        stopped.append(reason)
+    return reason is not None
 
 
 def _not_a_mapping(index: int, value: object) -> BatchItem:

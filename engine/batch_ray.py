@@ -66,10 +66,14 @@ machine alone (``"local"``, or ``"auto"`` after ``ray start``), the actors run t
 
 State the runs share lives outside the actors: each actor's engine opens the store the engine
 names (give every worker the same PostgreSQL, ``postgresql+asyncpg://...``; a SQLite file works
-only for actors of one machine, and ``memory:`` is refused), and circuit breakers are shared
-through Redis (``breaker: {storage: redis://...}``). The rest is per actor: ``rpm``/``tpm`` rate
-limits and ``model_concurrency`` hold for each actor's engine, so the cluster sends ``actors`` times
-as much: configure each at the provider's limit divided by the number of actors.
+only for actors of one machine, and ``memory:`` is refused); circuit breakers are shared through
+Redis (``breaker: {storage: redis://...}``), and so are the providers' ``rpm``/``tpm`` rate limits
+(``rate_limits: {storage: redis://...}``: every actor together stays under them) and the cost cap
+across runs (``budget: {max_cost_usd, storage: redis://..., key}``: every actor together spends at
+most it, and the caller stops starting runs once it is reached; a cap without ``storage`` is refused,
+as each actor would spend up to it). Without ``rate_limits.storage``, ``rpm``/``tpm`` hold for each
+actor's engine, so the cluster sends ``actors`` times as much: configure each at the provider's limit
+divided by the number of actors. ``model_concurrency`` is always per actor.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@
       - {above: 100000, use: thinking_ai}
     retry: {attempts: {rate_limit: 6, server_error: 4, timeout: 3, connection: 4}, retry_after_max: 60}
     breaker: {failures: 5, reset_timeout: 60, storage: "redis://127.0.0.1:6379/0"}
+    rate_limits: {storage: "redis://127.0.0.1:6379/0"}   # providers' rpm/tpm held by every process together
+    budget: {max_cost_usd: 25.0, storage: "redis://127.0.0.1:6379/0", key: batch-2026-11}  # across runs
     model_concurrency: {fast_ai: 4}
 
 ``${NAME}`` is replaced by the environment variable NAME; a missing one is an
@@ -104,6 +106,68 @@ class BreakerConfig(StrictModel):
     reset_timeout: float = Field(60.0, gt=0, description="Seconds open before one trial call is let through.")
     storage: str | None = Field(None, description="`redis://host:port/db` to share breaker state across processes.")
 
+    @model_validator(mode="after")
+    def _storage_is_redis(self) -> BreakerConfig:
+        _redis_url(self.storage, "breaker.storage")
+        return self
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(value: str | None, where: str) -> str | None:
+    if value is not None and not value.startswith(REDIS_SCHEMES):
+        raise ValueError(f"{where} is a Redis URL: redis://[:password@]host:port/db, rediss://... or unix://...")
+    return value
+
+
+class RateLimitConfig(StrictModel):
+    """Where the providers' ``rpm``/``tpm`` windows are kept."""
+
+    storage: str | None = Field(
+        None, description="`redis://host:port/db` to hold each provider's rpm/tpm across every process (workers, "
+        "Ray actors) that uses this Redis: together they stay under the limits. Each provider's window is keyed "
+        "by its name under `providers`, so workers name it the same. Absent: each process keeps its own window. "
+        "If Redis cannot be reached, calls go on limited by their own process (a warning is logged) and Redis is "
+        "tried again after a few seconds.")
+
+    @model_validator(mode="after")
+    def _storage_is_redis(self) -> RateLimitConfig:
+        _redis_url(self.storage, "rate_limits.storage")
+        return self
+
+
+class BudgetConfig(StrictModel):
+    """A cost cap across runs: every run of the engine (and, with ``storage``, of every process) together."""
+
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="US dollars that the model calls of every run together may spend; a call that "
+        "would pass it fails with BudgetExceededError (estimated and reserved before the call, settled on its "
+        "real usage after it), and a batch stops starting runs once a call was refused. Each run's own "
+        "`limits.max_cost_usd` still holds. Absent: no cap across runs.")
+    storage: str | None = Field(
+        None, description="`redis://host:port/db` to share the cap among processes (workers, Ray actors). "
+        "Absent: the cap holds for this process's engine alone (and a Ray batch refuses it). If Redis cannot "
+        "be reached, calls are refused (BudgetExceededError): spend that cannot be counted is not made.")
+    key: str | None = Field(
+        None, min_length=1, max_length=200, description="With `storage`: the name of what the cap counts "
+        "(e.g. `batch-2026-11`); processes with the same key share one spend. Spend under a key is kept "
+        "in Redis until deleted: a new key starts from nothing.")
+    reservation_ttl: float = Field(
+        900.0, gt=0, description="With `storage`: seconds a call's reservation is held if its process never "
+        "settles it (it died); longer than any call, waits for rate limits included.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> BudgetConfig:
+        _redis_url(self.storage, "budget.storage")
+        if self.storage is not None and self.key is None:
+            raise ValueError("budget.storage needs a `key` naming what the shared cap counts (e.g. the batch)")
+        if self.storage is None and self.key is not None:
+            raise ValueError("budget.key names a cap shared through `storage`: give budget.storage too")
+        if self.storage is not None and self.max_cost_usd is None:
+            raise ValueError("budget.storage shares a cap: give budget.max_cost_usd")
+        return self
+
 
 class StoreConfig(StrictModel):
     """Where runs, results, model calls and cached answers are kept."""
@@ -134,6 +198,9 @@ class EngineConfig(StrictModel):
     gates: list[GateRule] = Field(default_factory=list, description="Token gates, checked from the top.")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry rules.")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker rules.")
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig,
+                                         description="Where the providers' rpm/tpm limits are counted.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="A cost cap across runs and processes.")
     model_concurrency: dict[str, int] = Field(default_factory=dict, description="Calls at once per alias.")
     planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The master planner.")
     artifacts: str | None = Field(
@@ -155,6 +222,11 @@ class EngineConfig(StrictModel):
             if gate.use is not None and gate.use not in self.models and self.default_provider is None:
                 raise ValueError(f"gates[{index}].use: unknown model alias {gate.use!r}")
         return self
+
+
+def embedded_config() -> EngineConfig:
+    """The configuration of ``Engine()`` given nothing: every alias on the local model, in process."""
+    return EngineConfig(providers={"local": LlamaCppProviderConfig(kind="llama_cpp")}, default_provider="local")
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> EngineConfig:
@@ -198,6 +270,6 @@ def _substitute(value: Any, path: DataPath, environ: Mapping[str, str], locate: 
 
 
 __all__ = [
-    "BreakerConfig", "EngineConfig", "FakeProviderConfig", "GateRule", "HttpProviderConfig", "LlamaCppProviderConfig",
-    "ModelConfig", "ProviderConfig", "RetryConfig", "load_config",
+    "BreakerConfig", "BudgetConfig", "EngineConfig", "FakeProviderConfig", "GateRule", "HttpProviderConfig",
+    "LlamaCppProviderConfig", "ModelConfig", "ProviderConfig", "RateLimitConfig", "RetryConfig", "load_config",
 ]

@@ -91,16 +91,22 @@ class Engine:
         and can be resumed (``resume``). ``artifacts`` is the folder generated media and image inputs
         given as bytes or URLs are written to, one folder per run (default: the configuration's
         ``artifacts``, else ``artifacts`` beside the default run store, in the user's data folder)."""
-        from engine.assembly import abilities, clients_for, pipeline_for, prices as configured_prices, secrets
-        from engine.config import EngineConfig
+        from engine.assembly import (
+            Links,
+            abilities,
+            clients_for,
+            cost_cap,
+            pipeline_for,
+            prices as configured_prices,
+            secrets,
+        )
+        from engine.config import EngineConfig, embedded_config
         from engine.planner import PlannerLimits
-        from engine.providers.settings import LlamaCppProviderConfig
         from engine.resilience.breaker import Breakers
         from engine.routing import BUILTIN_FUNCTIONS
 
         if config is None:
-            config = EngineConfig() if models is not None else EngineConfig(
-                providers={"local": LlamaCppProviderConfig(kind="llama_cpp")}, default_provider="local")
+            config = EngineConfig() if models is not None else embedded_config()
         self.config = config
         self.functions: dict[str, Callable[..., Any]] = {**BUILTIN_FUNCTIONS, **(functions or {})}
         self._clients = clients_for(config, models)
@@ -120,9 +126,11 @@ class Engine:
         self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
         self._breakers = Breakers(config.breaker)
         self._sessions: dict[str, ChatSession] = {}
+        self._links: Links = {}  # Redis servers of the shared rate limits and cost cap, by URL
+        self.cost_cap = cost_cap(config, self._links)  # `budget:` (None: no cap across runs)
         self._pipeline = pipeline_for(config, self._clients, self._breakers, prices=self.prices,
                                       model_concurrency={**config.model_concurrency, **(model_concurrency or {})},
-                                      sleep=sleep, store=self.store)
+                                      sleep=sleep, store=self.store, links=self._links, cap=self.cost_cap)
         self._services = Services(
             pipeline=self._pipeline, functions=self.functions,
             renderer=TemplateRenderer(render_limits or RenderLimits()), catalog=self.catalog,
@@ -231,11 +239,14 @@ class Engine:
         return {"breakers": self._breakers.health()}
 
     async def aclose(self) -> None:
-        """Close the providers' HTTP connections, and the run store if the engine opened it."""
+        """Close the providers' HTTP connections, this loop's Redis connections, and the run store if the
+        engine opened it."""
         for client in self._clients.all():
             close = getattr(client, "aclose", None)
             if close is not None:
                 await close()
+        for link in self._links.values():
+            await link.aclose()
         if self.store is not None and self._owns_store:
             await self.store.aclose()
             self.store = None

@@ -5,14 +5,16 @@
     twin = EngineRecipe.from_dict(data).build()   # there: an Engine that runs workflows as this one
 
 What crosses: the configuration (``EngineConfig.model_dump``: providers, aliases, gates, retry and
-breaker rules), the registered functions by importable name (``module:qualname``, imported where
-the twin is built), the prices, the run store's URL, the addon and template folders (paths: the
-other machine needs the same files), the run bounds (``max_tasks``, ``max_depth``), the render and
-planner limits. What does not, and is refused: model clients given as objects
-(``Engine(models=...)``: configure them as providers instead), a run store given as an object
-(give its URL), a ``memory:`` store (it would stay in each worker), and functions that cannot be
-imported by name (lambdas, closures, ``functools.partial``, functions of ``__main__``). What is
-left behind: listeners (``add_listener``, tracing) see only the runs of this process.
+breaker rules, where rate limits are counted, the cost cap across runs), the registered functions
+by importable name (``module:qualname``, imported where the twin is built), the prices, the run
+store's URL, the addon and template folders (paths: the other machine needs the same files), the
+run bounds (``max_tasks``, ``max_depth``), the render and planner limits. What does not, and is
+refused: model clients given as objects (``Engine(models=...)``: configure them as providers
+instead), a run store given as an object (give its URL), a ``memory:`` store (it would stay in
+each worker), a cost cap across runs (``budget.max_cost_usd``) without ``budget.storage`` (each
+worker would spend up to it), and functions that cannot be imported by name (lambdas, closures,
+``functools.partial``, functions of ``__main__``). What is left behind: listeners
+(``add_listener``, tracing) see only the runs of this process.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ class EngineRecipe:
         if store is not None and store.startswith("memory:"):
             raise ConfigError("a `memory:` run store would stay inside each worker, out of reach: give a database "
                               "every worker reaches (postgresql+asyncpg://...), or no store")
+        budget = engine.config.budget
+        if budget.max_cost_usd is not None and budget.storage is None:
+            raise ConfigError(f"the cost cap of ${budget.max_cost_usd} (budget.max_cost_usd) is kept in this process "
+                              "alone: each worker would spend up to it. Share it through Redis "
+                              "(budget: {storage: redis://..., key: NAME}) so the workers count one spend")
         functions = {name: function_reference(name, function) for name, function in engine.functions.items()
                      if BUILTIN_FUNCTIONS.get(name) is not function}
         services = engine._services

@@ -412,3 +412,25 @@ def test_a_results_file_that_cannot_be_written_stops_the_batch_with_a_message(
     code = main(["batch", str(flow), "--inputs", str(inputs), "--out", str(full), "--dry-run", "--store", "none"])
     err = capsys.readouterr().err
     assert code == 1 and "No space left on device" in err and "--resume" in err and "Traceback" not in err
+
+
+def test_cli_max_cost_stops_the_batch_and_resume_goes_on_under_a_higher_cap(tmp_path: Path, capsys) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW, encoding="utf-8")
+    (tmp_path / "priced.yaml").write_text(  # the dry run keeps the aliases' prices
+        "providers: {dry: {kind: fake}}\nmodels: {fast_ai: {provider: dry, input_price: 100.0}}\n", encoding="utf-8")
+    inputs = write_inputs(tmp_path / "in.jsonl", [json.dumps({"n": n}) for n in range(200)])
+    out = tmp_path / "out.jsonl"
+    command = ["batch", str(flow), "--inputs", str(inputs), "--out", str(out), "--dry-run", "--store", "none",
+               "--config", str(tmp_path / "priced.yaml"), "--concurrency", "4"]
+    assert main([*command, "--max-cost", "0.005"]) == 1
+    err = capsys.readouterr().err
+    assert "the batch stopped: the cost cap of $0.005000 (budget.max_cost_usd) is reached" in err
+    assert "run again with --resume" in err
+    lines = read_out(out)
+    assert 0 < len(lines) < 200 and sum(line["cost_usd"] for line in lines) <= 0.005
+    assert main([*command, "--max-cost", "1", "--resume"]) in (0, 1)  # the refused runs stay failed lines
+    assert sorted(line["index"] for line in read_out(out)) == list(range(200))
+    for bad in ("-1", "x", "inf"):
+        with pytest.raises(SystemExit):
+            main([*command, "--max-cost", bad])

@@ -52,6 +52,11 @@ def lookup(n: Any) -> dict[str, int]:
     return {"n": int(n), "pid": os.getpid()}
 
 
+def pid_of(n: Any) -> int:
+    """A ``call:`` function that says which process ran it."""
+    return os.getpid()
+
+
 def config(latency: float) -> EngineConfig:
     return EngineConfig.model_validate({"providers": {"dry": {"kind": "fake", "latency": latency}},
                                         "default_provider": "dry"})
@@ -193,6 +198,39 @@ async def test_leaving_the_block_cancels_the_remote_runs_and_ends_the_actors(clu
 async def test_trio_is_refused_with_a_clear_error() -> None:
     with pytest.RaisesGroup(pytest.RaisesExc(RayBackendError, match="runs on asyncio")):
         await collect(Engine(config(0)), ECHO, [{"n": 1}], backend=RayBackend())
+
+
+@pytest.mark.anyio
+async def test_actors_share_one_cost_cap_through_redis(cluster: None, redis_url: str) -> None:
+    """Two actors, each with its own engine, spend against one cap kept in Redis: together they never
+    pass it, and the caller stops starting runs once a call was refused."""
+    from engine import BudgetExceededError
+    from engine.resilience.cap import RedisCap
+    from engine.resilience.redis_link import RedisLink
+
+    limit = 0.01
+    priced = EngineConfig.model_validate({
+        "providers": {"dry": {"kind": "fake", "latency": 0.02}},
+        "models": {"fast_ai": {"provider": "dry", "input_price": 100.0}},  # about $0.001 a call, estimated
+        "budget": {"max_cost_usd": limit, "storage": redis_url, "key": "ray-batch"}})
+    flow = {**LOOKUP, "stages": [{"type": "linear", "tasks": [
+        {"id": "a", "model": "fast_ai", "prompt": "echo {{ n }}"},
+        {"id": "where", "call": "pid_of", "with": {"n": "{{ n }}"}}]}]}
+    engine = Engine(priced, functions={"pid_of": pid_of}, store=None)
+    items: list[BatchItem] = []
+    with pytest.raises(BudgetExceededError, match="ray-batch"):
+        async with engine.batch(flow, [{"n": n} for n in range(200)], concurrency=20,
+                                backend=RayBackend(actors=2, runs_per_actor=10)) as results:
+            items.extend([item async for item in results])
+    link = RedisLink(redis_url, "budget.storage")
+    spent, reserved, _ = await RedisCap(link, "ray-batch", limit).status()
+    await link.aclose()
+    assert 0 < len(items) < 200 and any(item.ok for item in items) and not all(item.ok for item in items)
+    assert spent <= limit + 1e-9 and reserved == 0.0
+    assert spent == pytest.approx(sum(item.result.totals.cost_usd for item in items if item.result is not None))
+    pids = {item.result.outputs["where"] for item in items if item.ok and item.result is not None}
+    assert len(pids) == 2 and os.getpid() not in pids  # both actors spent, against the one cap
+    await engine.aclose()
 
 
 def test_what_cannot_cross_to_the_workers_is_refused_before_anything_runs() -> None:

@@ -59,7 +59,7 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_readme_configuration_block_loads(tmp_path, monkeypatch) -> None:
     from engine import Engine
 
-    (config,) = [block for block in blocks("yaml") if "providers:" in block]
+    (config,) = [block for block in blocks("yaml") if "providers:" in block and "rate_limits:" not in block]
     path = tmp_path / "orchestrion.yaml"
     path.write_text(config)
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-test")
@@ -68,6 +68,20 @@ def test_readme_configuration_block_loads(tmp_path, monkeypatch) -> None:
     result = engine.run_sync(ROOT / "examples" / "seed_article.json")
     assert result.outputs["research"] == "a scripted answer"
     assert result.totals.cost_usd > 0
+
+
+def test_readme_shared_state_block_is_a_configuration_that_crosses_to_workers(tmp_path, monkeypatch) -> None:
+    from engine import Engine
+    from engine.recipe import EngineRecipe
+
+    (config,) = [block for block in blocks("yaml") if "rate_limits:" in block]
+    path = tmp_path / "orchestrion.yaml"
+    path.write_text(config)
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-test")
+    monkeypatch.setenv("REDIS_PASSWORD", "hunter2")
+    engine = Engine.from_file(path)  # nothing is connected until a call
+    assert engine.config.budget.key == "batch-2026-11" and engine.config.rate_limits.storage
+    EngineRecipe.of(engine)  # the cap is shared: it may cross to the workers
 
 
 def test_readme_workflow_block_validates(tmp_path) -> None:

@@ -54,6 +54,10 @@ def add_parser(commands: Any) -> None:
                             "or ray://HOST:PORT")
     batch.add_argument("--actors", type=_positive, metavar="N",
                        help="with --backend ray, the Ray actors hosting the runs (default 2, each up to 200 runs)")
+    batch.add_argument("--max-cost", type=_dollars, metavar="USD",
+                       help="a cost cap for the batch: no call passes it, and no run starts once it is reached "
+                            "(sets budget.max_cost_usd; with budget.storage in the configuration it is shared "
+                            "through Redis under budget.key, which --backend ray needs)")
     batch.add_argument("--dry-run", action="store_true",
                        help="answer every model alias with a fake model that echoes the prompt; nothing is sent")
     add_options(batch, "addons", "templates", "config", "store")
@@ -70,6 +74,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _dollars(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of US dollars (0 or more)")
+    return value
+
+
 def batch_command(args: argparse.Namespace, out: TextIO) -> int:
     import anyio
 
@@ -80,7 +94,10 @@ def batch_command(args: argparse.Namespace, out: TextIO) -> int:
     engine = build_engine(args)
     workflow = engine.load(args.file)
     engine.compile(workflow)  # an invalid workflow is reported before anything runs
-    stops: tuple[type[Exception], ...] = (OSError,)  # what stops a batch: the results file cannot be written
+    from engine.errors import BudgetExceededError
+
+    # What stops a batch: the results file cannot be written, the cost cap is reached.
+    stops: tuple[type[Exception], ...] = (OSError, BudgetExceededError)
     ray: RayBackend | None = None
     backend: BatchBackend
     if args.backend == "ray":

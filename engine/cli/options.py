@@ -63,6 +63,9 @@ def build_engine(args: argparse.Namespace, *, secrets: bool = True) -> Engine:
     config = engine_config(args, secrets=secrets and not dry_run)
     if dry_run:
         config = _dry(config)
+    max_cost = getattr(args, "max_cost", None)
+    if max_cost is not None:
+        config = _capped(config, max_cost)
     addons, templates = _folders(args)
     return Engine(config, addon_dirs=addons, template_dirs=templates, store=store_url(args, config))
 
@@ -123,7 +126,8 @@ def _folders(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 
 def _dry(config: EngineConfig | None) -> EngineConfig:
     """``config`` with one fake provider in place of every provider: the aliases, windows, prices and
-    gates stay, nothing is sent anywhere, and breaker state is not shared."""
+    gates stay, nothing is sent anywhere, and neither breaker state, rate limits nor the cost cap are
+    shared (a dry run spends nothing of a real cap; its cap, if any, holds in this process)."""
     from engine.config import EngineConfig, FakeProviderConfig
 
     config = config if config is not None else EngineConfig()
@@ -132,7 +136,19 @@ def _dry(config: EngineConfig | None) -> EngineConfig:
         "default_provider": "dry",
         "models": {alias: model.model_copy(update={"provider": "dry"}) for alias, model in config.models.items()},
         "breaker": config.breaker.model_copy(update={"storage": None}),
+        "rate_limits": config.rate_limits.model_copy(update={"storage": None}),
+        "budget": config.budget.model_copy(update={"storage": None, "key": None}),
     })
+
+
+def _capped(config: EngineConfig | None, max_cost: float) -> EngineConfig:
+    """``config`` (the embedded default if None) with ``budget.max_cost_usd`` set to ``max_cost``: where the
+    cap is kept (``budget.storage``, ``key``) stays as configured."""
+    from engine.config import embedded_config
+
+    config = config if config is not None else embedded_config()
+    budget = config.budget.model_copy(update={"max_cost_usd": max_cost})
+    return config.model_copy(update={"budget": budget})
 
 
 class _EnvironmentWithoutSecrets(Mapping[str, str]):

@@ -12,6 +12,12 @@ limit, a request without ``max_tokens`` is given the most the unreserved budget
 can pay (``SpendStage.bound``, at most ``DEFAULT_OUTPUT_ESTIMATE``), so what is
 reserved is what the call is allowed to cost. A provider that answers past
 ``max_tokens`` overruns by that one call, and is settled on what it reports.
+
+Under a cost cap across runs (``budget:``, ``cap.py``), each attempt is also
+reserved against the cap (after the run's own limit: a refusal there holds
+nothing in the cap), and settled on the same cost; a request without
+``max_tokens`` is given ``DEFAULT_OUTPUT_ESTIMATE`` (or less, by the run's own
+limit), so what the cap reserves is what the call may cost.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from engine.model.prices import DEFAULT_OUTPUT_ESTIMATE, FREE, Price, estimate_u
 
 if TYPE_CHECKING:
     from engine.resilience.call import Call, Pending
+    from engine.resilience.cap import CostCap
 
 MIN_ANSWER_TOKENS = 16  # a budget that pays for fewer leaves no useful answer: the call is refused instead
 
@@ -33,16 +40,19 @@ MIN_ANSWER_TOKENS = 16  # a budget that pays for fewer leaves no useful answer: 
 class SpendStage:
     """Reserves an attempt's most expensive outcome before it, settles on its real cost after it."""
 
-    def __init__(self, prices: Mapping[str, Price]) -> None:
+    def __init__(self, prices: Mapping[str, Price], cap: CostCap | None = None) -> None:
         self.prices = prices
+        self.cap = cap  # the cost cap across runs, if any
 
     def bound(self, request: ModelRequest, call: Call) -> ModelRequest:
         """The request with the ``max_tokens`` its reservation will pay for: under a limit, a request
         without one may answer as much as the unreserved budget pays, up to ``DEFAULT_OUTPUT_ESTIMATE``
         (a larger bound would let one call reserve what concurrent calls need). Else unchanged."""
         budget = call.run.budget
-        if budget.limit is None or request.max_tokens is not None:
+        if request.max_tokens is not None:
             return request
+        if budget.limit is None:
+            return request if self.cap is None else replace(request, max_tokens=DEFAULT_OUTPUT_ESTIMATE)
         affordable = self._price(request).output_tokens_for(budget.unreserved, prompt_bound(request))
         if affordable is None:  # its answer costs nothing: there is nothing to bound
             return request
@@ -50,16 +60,36 @@ class SpendStage:
         return replace(request, max_tokens=max(min(affordable, DEFAULT_OUTPUT_ESTIMATE), MIN_ANSWER_TOKENS))
 
     def enter(self, request: ModelRequest, call: Call) -> Pending:
-        budget = call.run.budget
+        budget, cap = call.run.budget, self.cap
+        if budget.limit is None and cap is None:
+            return None
+        amount = self._price(request).cost(estimate_usage(request))
         if budget.limit is not None:  # before any wait: nothing is spent if refused
-            call.reserved = budget.reserve(self._price(request).cost(estimate_usage(request)), call.task_id)
+            call.reserved = budget.reserve(amount, call.task_id)
+        if cap is not None and amount > 0:  # a call that costs nothing cannot pass the cap
+            return self._reserve_in_cap(cap, amount, call)
         return None
+
+    @staticmethod
+    async def _reserve_in_cap(cap: CostCap, amount: float, call: Call) -> None:
+        try:
+            call.cap_reservation = await cap.reserve(amount, call.task_id)
+        except BaseException:
+            call.run.budget.settle(call.reserved, 0.0)  # the stage's exit will not run: release the run's hold
+            call.reserved = 0.0
+            raise
 
     def exit(self, request: ModelRequest, call: Call, response: ModelResponse | None,
              error: BaseException | None) -> Pending:
-        budget = call.run.budget
+        budget, reservation = call.run.budget, call.cap_reservation
+        if budget.limit is None and reservation is None:
+            return None
+        cost = self._price(request).cost(response.usage) if response is not None else 0.0
         if budget.limit is not None:
-            budget.settle(call.reserved, self._price(request).cost(response.usage) if response is not None else 0.0)
+            budget.settle(call.reserved, cost)
+        if reservation is not None and self.cap is not None:
+            call.cap_reservation = None
+            return self.cap.settle(reservation, cost)
         return None
 
     def _price(self, request: ModelRequest) -> Price:

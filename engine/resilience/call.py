@@ -26,6 +26,7 @@ from engine.compiler.plan import CacheSpec, RetrySpec
 from engine.events import SILENT, Emitter
 from engine.model.client import ModelRequest, ModelResponse
 from engine.resilience.budget import Budget
+from engine.resilience.cap import Reservation
 from engine.resilience.timeout import Deadlines
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -69,6 +70,7 @@ class Call:
     hedged_away: bool = False  # cancelled because the next model, asked later, answered first
     admission: str = "call"  # the breaker's word on the current attempt
     reserved: float = 0.0  # the budget reserved for the current attempt
+    cap_reservation: Reservation | None = None  # what the cost cap across runs holds for it, if any
     attempt_started: float = 0.0  # wall-clock time the current attempt was sent
     answered: ModelResponse | None = None  # the last attempt that answered: its response, and what it
     answered_cost: float = 0.0  # cost (for the response cache, above the retry, to keep)

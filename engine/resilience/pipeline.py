@@ -52,11 +52,12 @@ from engine.resilience.breaker import Breakers
 from engine.resilience.budget import SpendStage
 from engine.resilience.cache import Clock, ResponseCache
 from engine.resilience.call import Bound, Call, Handler, Sleep, Stage, for_model
+from engine.resilience.cap import CostCap
 from engine.resilience.circuit import BreakerStage
 from engine.resilience.gates import Gatekeeper, GateStage
 from engine.resilience.hedge import HedgeFailed, race
 from engine.resilience.provider import Clients, ProviderStage
-from engine.resilience.ratelimit import RateLimiter, RateLimitStage
+from engine.resilience.ratelimit import Limiter, RateLimitStage
 from engine.resilience.repair import answer_with_repairs
 from engine.resilience.retry import Retrier, stays_on_model, worth_retrying
 from engine.resilience.slots import Slot, SlotStage
@@ -74,12 +75,13 @@ class PipelineParts:
     breakers: Breakers | None = None
     gatekeeper: Gatekeeper | None = None
     tokenizers: Mapping[str, str | None] = field(default_factory=dict)
-    rate_limiters: Mapping[str, RateLimiter] = field(default_factory=dict)
+    rate_limiters: Mapping[str, Limiter] = field(default_factory=dict)
     slots: Mapping[str, Sequence[Slot]] = field(default_factory=dict)  # alias -> its concurrency slots
     retry: RetryConfig = field(default_factory=RetryConfig)
     sleep: Sleep = anyio.sleep
     store: RunStore | None = None  # where cached answers live; None: a MemoryStore of the pipeline's own
     clock: Clock = time.time  # the response cache's, for its entries' expiry
+    cap: CostCap | None = None  # the cost cap across runs (``budget:``), if any
 
 
 class ModelPipeline:
@@ -206,7 +208,7 @@ class ModelPipeline:
 
 def build_pipeline(parts: PipelineParts) -> ModelPipeline:
     provider = ProviderStage(parts.clients, parts.prices)
-    spend = SpendStage(parts.prices)
+    spend = SpendStage(parts.prices, parts.cap)
     stages: list[Stage] = [spend]  # first: it reserves what `bound` computed, with no wait in between
     if parts.slots:
         stages.append(SlotStage(parts.slots))

@@ -59,7 +59,8 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_readme_configuration_block_loads(tmp_path, monkeypatch) -> None:
     from engine import Engine
 
-    (config,) = [block for block in blocks("yaml") if "providers:" in block and "rate_limits:" not in block]
+    (config,) = [block for block in blocks("yaml")
+                 if "providers:" in block and "rate_limits:" not in block and "generates:" not in block]
     path = tmp_path / "orchestrion.yaml"
     path.write_text(config)
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-test")
@@ -84,8 +85,24 @@ def test_readme_shared_state_block_is_a_configuration_that_crosses_to_workers(tm
     EngineRecipe.of(engine)  # the cap is shared: it may cross to the workers
 
 
+def test_readme_media_configuration_gives_the_templates_their_models(tmp_path, monkeypatch) -> None:
+    from engine import Engine
+
+    (config,) = [block for block in blocks("yaml") if "generates:" in block and "providers:" in block]
+    path = tmp_path / "orchestrion.yaml"
+    path.write_text(config)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("GEMINI_API_KEY", "g-test")
+    engine = Engine.from_file(path)
+    for name in ("image_analysis", "campaign_media", "marketing_campaign", "chat"):
+        engine.compile(engine.catalog.load_workflow(name))  # every alias can do what the template asks
+    (workflow,) = [block for block in blocks("yaml") if "name: label_check" in block]
+    (tmp_path / "label_check.yaml").write_text(workflow)
+    engine.compile(load_workflow(tmp_path / "label_check.yaml"))
+
+
 def test_readme_workflow_block_validates(tmp_path) -> None:
-    (yaml_block,) = [block for block in blocks("yaml") if "dsl: orchestrion/v1" in block]
+    (yaml_block,) = [block for block in blocks("yaml") if "dsl: orchestrion/v1" in block and "label_check" not in block]
     path = tmp_path / "readme.yaml"
     path.write_text(yaml_block)
     plan = compile_workflow(load_workflow(path), able_catalog())

@@ -47,6 +47,7 @@ class EngineRecipe:
     max_depth: int = DEFAULT_MAX_DEPTH
     render_limits: dict[str, Any] = field(default_factory=dict)
     planner_limits: dict[str, Any] = field(default_factory=dict)
+    artifacts: str | None = None  # the folder generated media go to (each worker writes there: share it)
 
     @classmethod
     def of(cls, engine: Engine) -> EngineRecipe:
@@ -83,6 +84,7 @@ class EngineRecipe:
             max_depth=services.max_depth,
             render_limits=dataclasses.asdict(services.renderer.limits),
             planner_limits=dataclasses.asdict(engine.planner_limits),
+            artifacts=str(services.artifacts) if services.artifacts is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +114,7 @@ class EngineRecipe:
             planner_limits=PlannerLimits(**self.planner_limits) if self.planner_limits else None,
             max_tasks=self.max_tasks,
             max_depth=self.max_depth,
+            artifacts=self.artifacts,
         )
 
 

@@ -242,11 +242,12 @@ def test_what_cannot_cross_to_the_workers_is_refused_before_anything_runs() -> N
         EngineRecipe.of(Engine(models=FakeModel()))
     with pytest.raises(ConfigError, match="memory:"):
         EngineRecipe.of(Engine(config(0), store="memory:"))
-    recipe = EngineRecipe.of(Engine(config(0), functions={"lookup": lookup}, store=""))
+    recipe = EngineRecipe.of(Engine(config(0), functions={"lookup": lookup}, store="", artifacts=Path("/srv/media")))
     data = recipe.to_dict()
     assert data["functions"] == {"lookup": "tests.test_batch_ray:lookup"} and data["store"] == ""
     twin = EngineRecipe.from_dict(data).build()
     assert twin.functions["lookup"] is lookup and twin.config == config(0)
+    assert twin._services.artifacts == Path("/srv/media")  # generated media land where the caller said
 
 
 @pytest.mark.timeout(60)  # a cluster of its own starts in about 3 s of the 5-6 this takes

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import openai
 import pytest
 
 from engine import Engine, EngineConfig, Image, MediaSaved, TaskFellBack, WorkflowError, load_workflow
@@ -420,4 +421,28 @@ async def test_over_http_an_image_is_a_data_url_and_nothing_else_is_read(media: 
         assert run.json()["status"] == "failed" and "not a file this engine generated" in run.text
     seen = [r for r in media.requests_of("chat") if "images" in str(r["body"]) and "3x3" in str(r["body"])]
     assert seen == []
+    await engine.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
+async def test_the_openai_face_takes_image_parts_as_data_urls(media: MediaServer, tmp_path: Path) -> None:
+    from engine.server import create_app
+    from tests.support.live_server import serving
+
+    engine = await build(seed_config(media), artifacts=tmp_path / "artifacts", sleep=no_sleep)
+    picture = {"type": "image_url", "image_url": {"url": data_url(make_png(12, 34))}}
+    async with serving(create_app(engine)) as base:
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        asked = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, picture]}]
+        answer = await client.chat.completions.create(model="eyes_claude", messages=asked)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "saw 1 image(s): image/png 12x34; text: What is it?"
+        template = await client.chat.completions.create(model="workflow:image_analysis", messages=asked)  # type: ignore[arg-type]
+        assert template.choices[0].message.content == "saw 1 image(s): image/png 12x34; text: What is it?"
+        by_url = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"{media.url}/a.png"}}]}]
+        with pytest.raises(openai.BadRequestError, match="data: URL"):
+            await client.chat.completions.create(model="eyes_claude", messages=by_url)  # type: ignore[arg-type]
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await client.chat.completions.create(model="writer", messages=asked)  # type: ignore[arg-type]
+        assert "does not read images" in str(refused.value.body)
+        await client.close()
     await engine.aclose()

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.assembly import model_rows
 from engine.core import PreparedRun
-from engine.dsl.models import DSL_VERSION, Workflow
+from engine.dsl.loader import load_workflow
+from engine.dsl.models import DSL_VERSION, Workflow, is_image_input
 from engine.errors import InputError
 from engine.runtime.results import RunResult
 from engine.server.api import Caller
@@ -58,6 +59,7 @@ REPLY_TASK = "reply"
 HISTORY_INPUT = "history"
 _STARTED = int(time.time())  # "created" of every listed model: they exist since the server started
 
+MAX_IMAGES = 16  # image_url parts in one message
 # The prompt of an alias call: the conversation is in the inputs, so no user text is ever a template.
 CHAT_PROMPT = "{% if history %}Conversation so far:\n{{ history }}\n\n{% endif %}{{ message }}"
 
@@ -174,6 +176,7 @@ def _unsupported(param: str, message: str) -> ApiError:
 class Turn:
     role: str  # system, user or assistant
     text: str
+    images: tuple[str, ...] = ()  # data: URLs of its image_url parts
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class Conversation:
     system: str
     earlier: tuple[Turn, ...]
     message: str
+    images: tuple[str, ...] = ()  # the last user message's, as data: URLs
 
 
 def conversation_of(messages: Sequence[ChatMessage]) -> Conversation:
@@ -193,8 +197,12 @@ def conversation_of(messages: Sequence[ChatMessage]) -> Conversation:
     rest = turns[leading:]
     if not rest or rest[-1].role != "user":
         raise _unsupported("messages", "the last message must be the user's (an assistant prefix is not supported)")
+    earlier_images = [index for index, turn in enumerate(turns[:-1]) if turn.images]
+    if earlier_images:
+        where = f"messages[{earlier_images[0]}].content"
+        raise _unsupported(where, f"{where} has images: only the last user message may carry images")
     system = "\n\n".join(turn.text for turn in turns[:leading])
-    return Conversation(system, tuple(rest[:-1]), rest[-1].text)
+    return Conversation(system, tuple(rest[:-1]), rest[-1].text, rest[-1].images)
 
 
 def _turn(index: int, message: ChatMessage) -> Turn:
@@ -210,18 +218,37 @@ def _turn(index: int, message: ChatMessage) -> Turn:
         if role != "assistant":
             raise _unsupported(f"{where}.content", f"{where} has no content")
         return Turn(role, "")
-    return Turn(role, message.content if isinstance(message.content, str) else _text_of(where, message.content))
+    if isinstance(message.content, str):
+        return Turn(role, message.content)
+    return Turn(role, _text_of(where, message.content), _images_of(where, message.content))
 
 
 def _text_of(where: str, parts: Sequence[ContentPart]) -> str:
-    other = sorted({part.type for part in parts if part.type != "text"})
+    other = sorted({part.type for part in parts if part.type not in ("text", "image_url")})
     if other:
         raise _unsupported(f"{where}.content", f"{where}.content has parts of type {', '.join(map(repr, other))}: "
-                                               "only text parts are supported")
-    missing = [index for index, part in enumerate(parts) if part.text is None]
+                                               "only text and image_url parts are supported")
+    missing = [index for index, part in enumerate(parts) if part.type == "text" and part.text is None]
     if missing:
         raise _unsupported(f"{where}.content", f"{where}.content[{missing[0]}] is a text part without text")
-    return "\n".join(part.text or "" for part in parts)
+    return "\n".join(part.text or "" for part in parts if part.type == "text")
+
+
+def _images_of(where: str, parts: Sequence[ContentPart]) -> tuple[str, ...]:
+    """The data: URLs of the image_url parts (a URL to fetch is refused: the server fetches nothing)."""
+    images = []
+    for index, part in enumerate(parts):
+        if part.type != "image_url":
+            continue
+        image = (part.model_extra or {}).get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        if not isinstance(url, str) or not url.startswith("data:"):
+            raise _unsupported(f"{where}.content[{index}].image_url", f"{where}.content[{index}] is an image by URL: "
+                               "send it as a data: URL (the server fetches nothing for a request)")
+        images.append(url)
+    if len(images) > MAX_IMAGES:
+        raise _unsupported(f"{where}.content", f"{where}.content has {len(images)} images; at most {MAX_IMAGES}")
+    return tuple(images)
 
 
 def transcript(turns: Sequence[Turn]) -> str:
@@ -231,22 +258,26 @@ def transcript(turns: Sequence[Turn]) -> str:
 
 # -- what runs: an alias's one-task workflow, or a template ---------------------------------------------------
 
-def chat_workflow(alias: str, temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
-    """One prompt task on ``alias``; system text, history and message come in as inputs."""
+def chat_workflow(alias: str, temperature: float | None, max_tokens: int | None, images: int = 0) -> dict[str, Any]:
+    """One prompt task on ``alias``; system text, history, message and images come in as inputs."""
     task: dict[str, Any] = {"id": REPLY_TASK, "model": alias, "system": "{{ system }}", "prompt": CHAT_PROMPT}
+    pictures = {f"image_{index}": {"type": "image"} for index in range(images)}
+    if pictures:
+        task["images"] = list(pictures)
     if temperature is not None:
         task["temperature"] = float(temperature)
     if max_tokens is not None:
         task["max_tokens"] = max_tokens
     text = {"type": "string", "default": ""}
     return {"dsl": DSL_VERSION, "name": CHAT_WORKFLOW, "description": f"POST /v1/chat/completions on {alias}",
-            "inputs": {"message": {"type": "string"}, "history": text, "system": text},
+            "inputs": {"message": {"type": "string"}, "history": text, "system": text, **pictures},
             "stages": [{"type": "inline", "tasks": [task]}]}
 
 
 def chat_inputs(conversation: Conversation) -> dict[str, Any]:
+    images = {f"image_{index}": url for index, url in enumerate(conversation.images)}
     return {"message": conversation.message, "history": transcript(conversation.earlier),
-            "system": conversation.system}
+            "system": conversation.system, **images}
 
 
 def template_inputs(model: str, workflow: Workflow, conversation: Conversation) -> dict[str, Any]:
@@ -267,6 +298,12 @@ def template_inputs(model: str, workflow: Workflow, conversation: Conversation) 
             raise _misfit(model, workflow, f"it has no {HISTORY_INPUT!r} input for the earlier messages "
                                            "(send only the last user message)")
         inputs[HISTORY_INPUT] = _history_value(declared[HISTORY_INPUT], earlier)
+    if conversation.images:  # in order, to the template's image inputs
+        slots = [name for name, schema in declared.items() if is_image_input(schema) and name not in inputs]
+        if len(conversation.images) > len(slots):
+            raise _misfit(model, workflow, f"the message has {len(conversation.images)} image(s) and the template "
+                                           f"takes {len(slots)}")
+        inputs.update(zip(slots, conversation.images, strict=False))
     return inputs
 
 
@@ -342,8 +379,9 @@ async def prepare(context: ServerContext, body: ChatCompletionBody, conversation
         return await _prepare_template(context, body, conversation, caller)
     alias = _known_alias(context, body.model)
     check_capacity(context, caller)
-    workflow = chat_workflow(alias, body.temperature, body.token_cap)
-    return Target(await context.engine.prepare(workflow, chat_inputs(conversation)), REPLY_TASK)
+    workflow = load_workflow(chat_workflow(alias, body.temperature, body.token_cap, len(conversation.images)))
+    return Target(await context.engine.prepare(workflow, network_inputs(workflow, chat_inputs(conversation))),
+                  REPLY_TASK)
 
 
 async def _prepare_template(context: ServerContext, body: ChatCompletionBody, conversation: Conversation,

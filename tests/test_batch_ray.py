@@ -208,9 +208,11 @@ async def test_actors_share_one_cost_cap_through_redis(cluster: None, redis_url:
     from engine.resilience.cap import RedisCap
     from engine.resilience.redis_link import RedisLink
 
-    limit = 0.01
+    # About 50 calls fit the cap, taking some 3 rounds of 0.3 s at 20 in flight: long enough for both actors
+    # to be up and serving, however slowly the second one starts on a loaded machine.
+    limit = 0.05
     priced = EngineConfig.model_validate({
-        "providers": {"dry": {"kind": "fake", "latency": 0.02}},
+        "providers": {"dry": {"kind": "fake", "latency": 0.3}},
         "models": {"fast_ai": {"provider": "dry", "input_price": 100.0}},  # about $0.001 a call, estimated
         "budget": {"max_cost_usd": limit, "storage": redis_url, "key": "ray-batch"}})
     flow = {**LOOKUP, "stages": [{"type": "linear", "tasks": [
@@ -218,10 +220,13 @@ async def test_actors_share_one_cost_cap_through_redis(cluster: None, redis_url:
         {"id": "where", "call": "pid_of", "with": {"n": "{{ n }}"}}]}]}
     engine = Engine(priced, functions={"pid_of": pid_of}, store=None)
     items: list[BatchItem] = []
-    with pytest.raises(BudgetExceededError, match="ray-batch"):
-        async with engine.batch(flow, [{"n": n} for n in range(200)], concurrency=20,
-                                backend=RayBackend(actors=2, runs_per_actor=10)) as results:
-            items.extend([item async for item in results])
+    try:
+        with pytest.raises(BudgetExceededError, match="ray-batch"):
+            async with engine.batch(flow, [{"n": n} for n in range(200)], concurrency=20,
+                                    backend=RayBackend(actors=2, runs_per_actor=10)) as results:
+                items.extend([item async for item in results])
+    finally:
+        await engine.aclose()  # its Redis connections too, whatever happened
     link = RedisLink(redis_url, "budget.storage")
     spent, reserved, _ = await RedisCap(link, "ray-batch", limit).status()
     await link.aclose()
@@ -230,7 +235,6 @@ async def test_actors_share_one_cost_cap_through_redis(cluster: None, redis_url:
     assert spent == pytest.approx(sum(item.result.totals.cost_usd for item in items if item.result is not None))
     pids = {item.result.outputs["where"] for item in items if item.ok and item.result is not None}
     assert len(pids) == 2 and os.getpid() not in pids  # both actors spent, against the one cap
-    await engine.aclose()
 
 
 def test_what_cannot_cross_to_the_workers_is_refused_before_anything_runs() -> None:

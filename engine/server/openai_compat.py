@@ -243,8 +243,8 @@ def _images_of(where: str, parts: Sequence[ContentPart]) -> tuple[str, ...]:
         image = (part.model_extra or {}).get("image_url")
         url = image.get("url") if isinstance(image, dict) else image
         if not isinstance(url, str) or not url.startswith("data:"):
-            raise _unsupported(f"{where}.content[{index}].image_url", f"{where}.content[{index}] is an image by URL: "
-                               "send it as a data: URL (the server fetches nothing for a request)")
+            raise _unsupported(f"{where}.content[{index}].image_url", f"{where}.content[{index}].image_url is not a "
+                               "data: URL: send the image as one (the server fetches nothing for a request)")
         images.append(url)
     if len(images) > MAX_IMAGES:
         raise _unsupported(f"{where}.content", f"{where}.content has {len(images)} images; at most {MAX_IMAGES}")

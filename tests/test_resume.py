@@ -137,6 +137,18 @@ async def test_a_store_that_cannot_write_fails_the_run_loudly() -> None:
     assert model.calls == []  # nothing ran that was not recorded
 
 
+async def test_a_store_that_cannot_record_model_calls_fails_the_run_loudly() -> None:
+    # The calls are written after the results their readers wait for: a failure there still fails the run.
+    class NoCalls(MemoryStore):
+        async def record_attempts(self, attempts: Any) -> None:
+            raise OSError("disk full")
+
+    result = await Engine(models=FakeModel(), store=NoCalls()).run(CHAIN, {"topic": "tea"})
+    assert result.status == "failed" and result.failed_task == "a"
+    assert result.error == "the run store could not record model calls: OSError: disk full"
+    assert result.tasks["c"].status == "cancelled"
+
+
 async def test_what_cannot_be_resumed_says_why(tmp_path: Path) -> None:
     store = MemoryStore()
     engine = Engine(models=FakeModel(), store=store)

@@ -504,6 +504,27 @@ async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
         await store.create_run(a_run())
 
 
+async def test_when_a_run_returns_its_results_and_every_model_call_are_committed(store: RunStore,
+                                                                                  store_url: str) -> None:
+    # Call records are written after the results they belong to, while the results' readers go on:
+    # still, none is left in memory when the run returns (another process's view shows them all).
+    wide = {"dsl": "orchestrion/v1", "name": "wide", "defaults": {"model": "fast_ai", "retry": None},
+            "stages": [{"type": "linear", "tasks": [{"id": f"t{i}", "prompt": f"q{i}"} for i in range(600)]},
+                       {"type": "linear", "tasks": [{"id": "last", "prompt": "after {{ t0 }}"}]}]}
+    result = await Engine(models=FakeModel(), store=store).run(wide)
+    assert result.status == "succeeded"
+
+    observer = store if store_url == "memory:" else await SqlStore.open(store_url)
+    try:
+        stored = await observer.load_run(result.run_id)
+        assert stored is not None and stored.run.status == "succeeded"
+        assert len(stored.tasks) == 601 and {task.status for task in stored.tasks.values()} == {"succeeded"}
+        assert sorted(attempt.task_id for attempt in stored.attempts) == sorted(stored.tasks)
+    finally:
+        if observer is not store:
+            await observer.aclose()
+
+
 # -- concurrency: no write lost, no "database is locked" -------------------------------------------
 
 async def _one_run(store: RunStore, run_id: str) -> None:

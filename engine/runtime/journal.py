@@ -6,13 +6,17 @@ on it starts: a resume can trust every stored result (SERVICE.md: "a result,
 then what depends on it"). The results of one scheduler tick share one
 transaction: the first node to arrive writes, after one checkpoint of the event
 loop, for every node that joined it meanwhile. A write that fails raises
-StoreError in every node that waited for it: the run fails loudly. Writes are
-shielded from cancellation, so a cancelled run leaves whole rows behind.
+StoreError in every node that waited for it: the run fails loudly. The tick's
+model calls are handed to the store once its results are committed and their
+readers released (nothing but the run's end waits for a call record; ``finish``
+commits the last). Writes are shielded from cancellation, so a cancelled run
+leaves whole rows behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import socket
 import time
@@ -80,18 +84,22 @@ class Journal:
                            "record the run")
         self.record = record
 
-    async def checkpoint(self, result: TaskResult) -> None:
-        """Commit a settled node's result; returns once it is committed (with its tick's others)."""
-        await self._commit(task_record(self.run_id, result))
+    async def checkpoint(self, result: TaskResult, *, read: bool = True) -> None:
+        """Commit a settled node's result; returns once it is committed (with its tick's others).
+        A result no node reads (``read=False``) may return before, when another node writes its
+        tick: the run ends only once that node has, and its failure fails the run."""
+        await self._commit(task_record(self.run_id, result), wait=read)
 
     async def checkpoint_item(self, key: str, output: Any) -> None:
         """Commit the output of one item of a ``for_each`` (``RunState.item_key``), as it finishes."""
         await self._commit(TaskRecord(self.run_id, key, ITEM_STATUS, output))
 
-    async def _commit(self, record: TaskRecord) -> None:
+    async def _commit(self, record: TaskRecord, *, wait: bool = True) -> None:
         batch = self._batch
         batch.records.append(record)
         if batch.writing:
+            if not wait:
+                return
             await batch.done.wait()
         else:
             batch.writing = True
@@ -102,13 +110,15 @@ class Journal:
             self._batch = _Batch()
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._write_attempts()
                     await _written(self.store.save_tasks(batch.records), "save task results")
                 except StoreError as error:
                     batch.error = error
                     raise
                 finally:
                     batch.done.set()
+                # Then the model calls, while the results' readers go on: nothing waits for a call record
+                # but the run's end (``finish``), and a failure here still fails the run.
+                await self._write_attempts()
         if batch.error is not None:
             raise StoreError(str(batch.error))
 
@@ -133,10 +143,11 @@ class Journal:
 
 # What a stored result keeps of a TaskResult: the record's own fields, but the run's id.
 _KEPT = tuple(field.name for field in dataclasses.fields(TaskRecord) if field.name != "run_id")
+_kept = operator.attrgetter(*_KEPT)  # positional: a third of the cost of keywords from a dict, per task
 
 
 def task_record(run_id: str, result: TaskResult) -> TaskRecord:
-    return TaskRecord(run_id, **{name: getattr(result, name) for name in _KEPT})
+    return TaskRecord(run_id, *_kept(result))
 
 
 def restore(result: TaskResult, record: TaskRecord) -> None:

@@ -164,7 +164,7 @@ class _Scheduler:
         """The result is committed before the nodes that read it start; a failed write fails the run."""
         assert self.journal is not None
         try:
-            await self.journal.checkpoint(result)
+            await self.journal.checkpoint(result, read=bool(self.plan.dependents[node.id]))
         except StoreError as error:
             if self.failure is None:
                 self.failure, self.failed_node = error, node.id

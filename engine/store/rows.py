@@ -1,7 +1,9 @@
 """Records to table rows and back, and the JSON rule for the values users shape.
 
 Columns are named as the records' fields, so a row is a record's fields (attempts add their
-``id``, the order they were recorded in).
+``id``, the order they were recorded in). The rows a run writes by the thousand (its results,
+its model calls, its own row) are tuples for the driver's ``executemany``, in the order of the
+``*_COLUMNS`` names, with their JSON encoded here once; the others are dicts for SQLAlchemy.
 Every JSON value is checked before it is written: strict JSON (no NaN or Infinity, which
 PostgreSQL refuses and SQLite would keep), and at most ``MAX_VALUE_BYTES`` encoded, so a runaway
 output fails its task loudly instead of bloating every later read of the run.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import StoreError
@@ -25,21 +28,29 @@ if TYPE_CHECKING:  # the JSON check needs no SQLAlchemy: a store without a datab
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 
 
-def dumps(value: Any) -> str:
-    """The store's JSON encoding (also the engines' ``json_serializer``): compact, strict, UTF-8."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The store's JSON encoding (also the engines' ``json_serializer``): compact, strict, UTF-8. One encoder
+# for every value: json.dumps with options builds a new one each call (9x slower for a short value).
+dumps: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def encoded(value: Any, what: Callable[[], str]) -> str:
+    """``value`` as JSON text, once it is known to be JSON within ``MAX_VALUE_BYTES``; ``what``
+    names it in the error."""
+    try:
+        text = dumps(value)
+        size = len(text.encode("utf-8"))  # a lone surrogate fails here (UnicodeEncodeError is a ValueError)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StoreError(f"{what()} is not JSON, so it cannot be stored: {exc}") from None
+    if size > MAX_VALUE_BYTES:
+        raise StoreError(f"{what()} is {size / 1e6:.1f} MB of JSON, above the store's limit of "
+                         f"{MAX_VALUE_BYTES / 1e6:.1f} MB (engine.store.rows.MAX_VALUE_BYTES): "
+                         "keep large results in a file and return its path")
+    return text
 
 
 def checked(value: Any, what: str) -> Any:
     """``value`` itself, once it is known to be JSON within ``MAX_VALUE_BYTES``."""
-    try:
-        size = len(dumps(value).encode("utf-8"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise StoreError(f"{what} is not JSON, so it cannot be stored: {exc}") from None
-    if size > MAX_VALUE_BYTES:
-        raise StoreError(f"{what} is {size / 1e6:.1f} MB of JSON, above the store's limit of "
-                         f"{MAX_VALUE_BYTES / 1e6:.1f} MB (engine.store.rows.MAX_VALUE_BYTES): "
-                         "keep large results in a file and return its path")
+    encoded(value, lambda: what)
     return value
 
 
@@ -53,23 +64,50 @@ def _fields(record: Any) -> dict[str, Any]:
 _NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def run_row(run: RunRecord) -> dict[str, Any]:
-    row = _fields(run)
+# -- the rows a run writes, for the driver (tables.py's column order; sql.py checks it) ----------
+
+RUN_COLUMNS = ("run_id", "workflow", "document", "inputs", "started_at", "source", "source_digest",
+               "parent_run_id", "status", "ended_at", "outputs", "error", "input_tokens", "output_tokens",
+               "cost_usd", "heartbeat_at", "owner")
+# What a run's row changes after it is created: how it ended, or running again once resumed.
+RUN_END_COLUMNS = ("status", "ended_at", "outputs", "error", "input_tokens", "output_tokens", "cost_usd",
+                   "heartbeat_at", "owner")
+TASK_COLUMNS = ("run_id", "task_id", "status", "output", "model", "attempts", "input_tokens", "output_tokens",
+                "cost_usd", "started_at", "ended_at", "error", "error_kind")
+ATTEMPT_COLUMNS = ("run_id", "task_id", "item", "attempt", "model", "workflow", "started_at", "latency_s",
+                   "outcome", "input_tokens", "output_tokens", "cost_usd", "cached")
+
+
+def run_values(run: RunRecord) -> tuple[Any, ...]:
+    """``run``'s row in ``RUN_COLUMNS`` order."""
     where = f"run {run.run_id!r}"
-    row["document"] = checked(run.document, f"the workflow document of {where}")
-    row["inputs"] = checked(run.inputs, f"the inputs of {where}")
-    row["outputs"] = checked(run.outputs, f"the outputs of {where}")
-    return row
+    return (run.run_id, run.workflow, encoded(run.document, lambda: f"the workflow document of {where}"),
+            encoded(run.inputs, lambda: f"the inputs of {where}"), run.started_at, run.source, run.source_digest,
+            run.parent_run_id, *run_end_values(run)[:-1])
 
 
-def task_row(task: TaskRecord) -> dict[str, Any]:
-    row = _fields(task)
-    row["output"] = checked(task.output, f"the output of task {task.task_id!r} of run {task.run_id!r}")
-    return row
+def run_end_values(run: RunRecord) -> tuple[Any, ...]:
+    """``run``'s ``RUN_END_COLUMNS``, then its id (the update's key)."""
+    outputs = encoded(run.outputs, lambda: f"the outputs of run {run.run_id!r}")
+    return (run.status, run.ended_at, outputs, run.error, run.input_tokens, run.output_tokens, run.cost_usd,
+            run.heartbeat_at, run.owner, run.run_id)
 
 
-def attempt_row(attempt: AttemptRecord) -> dict[str, Any]:
-    return _fields(attempt)
+def task_values(task: TaskRecord) -> tuple[Any, ...]:
+    """``task``'s row in ``TASK_COLUMNS`` order."""
+    output = encoded(task.output, lambda: f"the output of task {task.task_id!r} of run {task.run_id!r}")
+    return (task.run_id, task.task_id, task.status, output, task.model, task.attempts, task.input_tokens,
+            task.output_tokens, task.cost_usd, task.started_at, task.ended_at, task.error, task.error_kind)
+
+
+def attempt_values(attempt: AttemptRecord) -> tuple[Any, ...]:
+    """``attempt``'s row in ``ATTEMPT_COLUMNS`` order."""
+    return (attempt.run_id, attempt.task_id, attempt.item, attempt.attempt, attempt.model, attempt.workflow,
+            attempt.started_at, attempt.latency_s, attempt.outcome, attempt.input_tokens, attempt.output_tokens,
+            attempt.cost_usd, attempt.cached)
+
+
+# -- the other rows, for SQLAlchemy ---------------------------------------------------------------
 
 
 def event_row(event: EventRecord) -> dict[str, Any]:

@@ -222,3 +222,11 @@ def test_other_patterns_name_the_character_and_quote_the_pattern() -> None:
     found = problems(MINIMAL.replace("model: fast_ai\n        prompt: \"Hello\"", "call: a..b"))
     assert found == ["flow.yaml:7:15: stages[0].tasks[0].call: call 'a..b': the value must match "
                      "'^[A-Za-z_][A-Za-z0-9_]*([.:][A-Za-z_][A-Za-z0-9_]*)*$'"]
+
+
+def test_a_text_the_yaml_parser_itself_fails_on_is_a_workflow_error_not_a_traceback() -> None:
+    """ruamel's YAML 1.2 resolver takes `._` for a float, then float() refuses it (found by hypothesis)."""
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow("dsl: orchestrion/v1\nname: ._\n")
+    problem, = caught.value.problems
+    assert problem.code == "syntax" and "could not read this text" in problem.message and "`._`" in (problem.hint or "")

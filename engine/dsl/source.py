@@ -129,6 +129,11 @@ def _parse_yaml(text: str, name: str) -> ParsedDocument:
         raise _yaml_error(name, exc, "duplicate-key", "remove or rename one of the two keys") from None
     except YAMLError as exc:
         raise _yaml_error(name, exc, "syntax", "fix the YAML syntax at that position") from None
+    except (ValueError, IndexError, TypeError, AttributeError) as exc:
+        # ruamel's own failures on some odd texts (its float resolver takes `._` for a number, then
+        # float() refuses it; a mark past the end of the text): reported, never a traceback.
+        raise _error(name, "syntax", f"the YAML parser could not read this text ({type(exc).__name__}: {exc})"[:300],
+                     hint="quote a value that looks like a number but is not one, such as `._`") from None
     plainer = _Plainer(name)
     data = plainer.convert(raw, ())
     if not isinstance(data, dict):

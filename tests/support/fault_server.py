@@ -45,7 +45,7 @@ class FaultServer:
         self.fault_log: list[str] = []  # the fault each request got, in the order of `requests`
         self.served: Counter[str] = Counter()  # fault -> count
         self.lock = threading.Lock()
-        self.httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
+        self.httpd = QuietServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -59,11 +59,28 @@ class FaultServer:
             return fault
 
 
-class _QuietServer(ThreadingHTTPServer):
+class QuietServer(ThreadingHTTPServer):
+    """A threaded test server that takes hundreds of connections at once and stays quiet when clients leave."""
+
     request_queue_size = 256  # socketserver's 5 resets connections when hundreds arrive at once
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         return None  # a client that gave up on a hanging answer breaks the pipe: that is the point
+
+
+class NoDelayHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no log lines, and TCP_NODELAY: headers and body go out in two writes, and
+    without it Nagle's algorithm and the client's delayed ACK hold the body back 40 ms, which a real
+    server does not do."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        return None
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def answer_for(body: dict[str, Any]) -> str:
@@ -72,18 +89,7 @@ def answer_for(body: dict[str, Any]) -> str:
 
 
 def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            return None
-
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and the
-            # client's delayed ACK hold the body back 40 ms, which a real server does not do.
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+    class Handler(NoDelayHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             fault = server.next_fault(body, dict(self.headers.items()))

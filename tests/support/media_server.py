@@ -60,12 +60,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import av
 from PIL import Image
+
+from tests.support.fault_server import NoDelayHandler, QuietServer
 
 Color = tuple[int, int, int]
 Image.init()  # every plugin, so Image.MIME knows WEBP too
@@ -199,7 +201,7 @@ class MediaServer:
         self.lock = threading.Lock()
         self._poll500_pending = 0
         self._operation_errors_pending = 0
-        self.httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
+        self.httpd = QuietServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.openai_url = self.url + "/v1"
@@ -226,13 +228,6 @@ class MediaServer:
     def operation(self, op_id: str) -> Operation | None:
         with self.lock:
             return self.operations.get(op_id)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    request_queue_size = 256
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        return None  # a client that gave up on a hanging answer breaks the pipe: that is the point
 
 
 # ── Routes ────────────────────────────────────────────────────────────────────────────────────────────────────────
@@ -421,16 +416,8 @@ def _image_size(size: Any, max_side: int) -> tuple[tuple[int, int], tuple[int, i
 # ── The handler ───────────────────────────────────────────────────────────────────────────────────────────────────
 
 def _handler(server: MediaServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(NoDelayHandler):
         provider = "openai"
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            return None
-
-        def setup(self) -> None:
-            super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_GET(self) -> None:
             self._serve("GET")

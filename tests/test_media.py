@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,21 @@ async def test_a_tasks_images_are_never_read_from_a_path_a_workflow_names(expres
     assert result.status == "failed"
     assert "image input (`type: image`) or a `generate: image` task's output" in str(result.error) or \
         "is not a file this engine generated" in str(result.error)
+
+
+def test_validate_checks_what_models_can_do_only_with_a_configuration(tmp_path: Path, monkeypatch: Any,
+                                                                       capsys: Any) -> None:
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    flow = tmp_path / "look.yaml"
+    flow.write_text(json.dumps(workflow({"prompt": "x", "images": ["photo"], "model": "seer"},
+                                        {"photo": {"type": "image"}})))
+    assert main(["validate", str(flow), "--model", "seer"]) == 0  # names only: no configuration
+    (tmp_path / "orchestrion.yaml").write_text("providers: {dry: {kind: fake}}\nmodels: {seer: {provider: dry}}\n")
+    assert main(["validate", str(flow)]) == 1
+    printed = capsys.readouterr()
+    assert "does not read images" in printed.out + printed.err
+    (tmp_path / "orchestrion.yaml").write_text(
+        "providers: {dry: {kind: fake}}\nmodels: {seer: {provider: dry, vision: true}}\n")
+    assert main(["validate", str(flow)]) == 0

@@ -156,9 +156,10 @@ def restore(result: TaskResult, record: TaskRecord) -> None:
         setattr(result, name, getattr(record, name))
 
 
-def run_record(run_id: str, workflow: str, document: Mapping[str, Any], inputs: Mapping[str, Any],
+def run_record(run_id: str, workflow: str, document: dict[str, Any], inputs: Mapping[str, Any],
                *, source: str | None = None, digest: str | None = None) -> RunRecord:
-    return RunRecord(run_id, workflow, dict(document), dict(inputs), time.time(), source, digest)
+    # The document is not copied: the runs of one Workflow object share it (the store encodes it once).
+    return RunRecord(run_id, workflow, document, dict(inputs), time.time(), source, digest)
 
 
 async def _written(write: Any, what: str) -> None:

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, TypeVar
@@ -63,6 +64,7 @@ Write = Callable[[Connection], T]  # a write's statements, inside its transactio
 RUN, TASK, ATTEMPT, EVENT, CACHED = (tables.runs.c, tables.tasks.c, tables.attempts.c, tables.events.c,
                                      tables.cache_entries.c)
 
+DOCUMENTS_KEPT = 16  # encoded workflow documents kept, by the identity of the dict
 ATTEMPT_BATCH = 500  # attempts kept in memory before they are written on their own
 FAILURES = (SQLAlchemyError, OSError)  # OSError: a connection refused before SQLAlchemy wraps it
 
@@ -79,6 +81,9 @@ class SqlStore:
         self._thread = anyio.CapacityLimiter(1)  # the sync writer's: one transaction at a time
         self._statements = _Statements(writer.dialect)
         self._pending: list[tuple[Any, ...]] = []  # attempts not yet written
+        # Workflow documents as JSON, by the dict's identity: the engine gives every run of one workflow
+        # the same document (28 KB for 1,000 tasks: 0.3 ms to encode), which is never changed.
+        self._documents: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()
         self._closed = False
 
     @classmethod
@@ -108,7 +113,7 @@ class SqlStore:
     # -- runs and their results ------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        values = rows.run_values(run)
+        values = rows.run_values(run, self._document(run))
         await self._write(f"create_run of run {run.run_id!r}", _driver(self._statements.save_run, [values]))
 
     async def save_task(self, task: TaskRecord) -> None:
@@ -127,9 +132,21 @@ class SqlStore:
 
         def work(connection: Connection) -> None:
             if connection.exec_driver_sql(statements.end_run, values).rowcount == 0:
-                connection.exec_driver_sql(statements.save_run, rows.run_values(run))  # never created
+                connection.exec_driver_sql(statements.save_run, rows.run_values(run, document))  # never created
 
+        document = self._document(run)
         await self._write(f"finish_run of run {run.run_id!r}", work)
+
+    def _document(self, run: RunRecord) -> str:
+        """``run.document`` as JSON, encoded once per document object (the last few kept)."""
+        cached = self._documents.get(id(run.document))
+        if cached is not None and cached[0] is run.document:
+            return cached[1]
+        text = rows.encoded(run.document, lambda: f"the workflow document of run {run.run_id!r}")
+        self._documents[id(run.document)] = (run.document, text)
+        if len(self._documents) > DOCUMENTS_KEPT:
+            self._documents.popitem(last=False)
+        return text
 
     async def heartbeat(self, run_ids: Sequence[str], now: float) -> None:
         if run_ids:

@@ -127,14 +127,20 @@ class SqlStore:
             await self._write(f"save_tasks of {len(values)} tasks of run {tasks[0].run_id!r}",
                               _driver(self._statements.save_tasks, values))
 
-    async def finish_run(self, run: RunRecord) -> None:
+    async def finish_run(self, run: RunRecord, *, tasks: Sequence[TaskRecord] = (),
+                         attempts: Sequence[AttemptRecord] = ()) -> None:
         statements, values = self._statements, rows.run_end_values(run)
+        results = [rows.task_values(task) for task in tasks]
 
         def work(connection: Connection) -> None:
             if connection.exec_driver_sql(statements.end_run, values).rowcount == 0:
                 connection.exec_driver_sql(statements.save_run, rows.run_values(run, document))  # never created
+            if results:  # after the run's row: they refer to it
+                connection.exec_driver_sql(statements.save_tasks, results)
 
         document = self._document(run)
+        self._check_open("finish_run")
+        self._pending.extend(map(rows.attempt_values, attempts))  # written by this transaction, or kept
         await self._write(f"finish_run of run {run.run_id!r}", work)
 
     def _document(self, run: RunRecord) -> str:

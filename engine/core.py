@@ -41,7 +41,7 @@ from engine.runtime.images import load_image_inputs, plain_inputs
 from engine.runtime.inputs import validate_inputs
 from engine.runtime.journal import STALE_SECONDS, Journal
 from engine.runtime.results import RunResult, TaskResult
-from engine.runtime.resume import load_resumable, new_journal, restorable
+from engine.runtime.resume import load_resumable, new_journal, restorable, workflow_document
 from engine.runtime.scheduler import run_plan
 from engine.secrets import Scrubber
 from engine.store import ChatTurn, RunStore, TaskRecord
@@ -123,7 +123,7 @@ class Engine:
         self._owns_store = False
         self._opening: anyio.Lock | None = None
         self._listeners: list[Listener] = []
-        self._plans: OrderedDict[int, tuple[Workflow, Plan]] = OrderedDict()
+        self._plans: OrderedDict[int, _Compiled] = OrderedDict()
         self._breakers = Breakers(config.breaker)
         self._sessions: dict[str, ChatSession] = {}
         self._links: Links = {}  # Redis servers of the shared rate limits and cost cap, by URL
@@ -263,15 +263,16 @@ class Engine:
 
     def compile(self, workflow: WorkflowSource) -> Plan:
         """Validate a workflow against this engine and compile it (cached per Workflow object)."""
-        loaded = load_workflow(workflow)
+        return self._compiled(load_workflow(workflow)).plan
+
+    def _compiled(self, loaded: Workflow) -> _Compiled:
         cached = self._plans.get(id(loaded))
-        if cached is not None and cached[0] is loaded:
-            return cached[1]
-        plan = compile_workflow(loaded, self.catalog)
-        self._plans[id(loaded)] = (loaded, plan)
+        if cached is not None and cached.workflow is loaded:
+            return cached
+        compiled = self._plans[id(loaded)] = _Compiled(loaded, compile_workflow(loaded, self.catalog))
         if len(self._plans) > 256:
             self._plans.popitem(last=False)
-        return plan
+        return compiled
 
     async def run(self, workflow: WorkflowSource, inputs: Mapping[str, Any] | None = None,
                   *, run_id: str | None = None, on_event: Listener | None = None) -> RunResult:
@@ -369,12 +370,14 @@ class Engine:
         if isinstance(workflow, str | Path):  # reading and parsing a file stays off the event loop
             workflow = await anyio.to_thread.run_sync(load_workflow, workflow)
         loaded = load_workflow(workflow)
-        plan = self.compile(loaded)
+        compiled = self._compiled(loaded)
+        plan = compiled.plan
         values = validate_inputs(plan.inputs, inputs)
         store = await self._opened_store()
         run_id = run_id or uuid.uuid4().hex
         values = await self._images(plan, values, run_id)
-        journal = await new_journal(store, loaded, plan, plain_inputs(values), run_id) if store is not None else None
+        journal = (await new_journal(store, loaded, plan, plain_inputs(values), run_id, document=compiled.document())
+                   if store is not None else None)
         return PreparedRun(self._services, self._listeners, plan, values, run_id, journal)
 
     async def _images(self, plan: Plan, values: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -423,6 +426,21 @@ class Engine:
         journal = Journal(store, resumable.stored.run)
         return PreparedRun(self._services, self._listeners, plan, values, run_id, journal,
                            restorable(resumable.stored, plan))
+
+
+@dataclass
+class _Compiled:
+    """A Workflow object's plan, and its document as the run store records it (dumped on first use,
+    then given to every run of that object: it is never changed)."""
+
+    workflow: Workflow
+    plan: Plan
+    _document: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        if self._document is None:
+            self._document = workflow_document(self.workflow)
+        return self._document
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,35 @@ async def test_a_fan_out_is_saved_in_few_transactions() -> None:
     assert len(batches) < 20, batches  # the results of one tick share a transaction
 
 
+async def test_the_last_tick_nothing_reads_is_committed_with_the_run_s_end() -> None:
+    # Once no node is left to settle, results that no node reads and the last model calls go with the
+    # run's end, in one transaction; a leaf that settles while another node still runs is saved at once.
+    ended: dict[str, Any] = {}
+    saved_while_b_ran: set[str] = set()
+
+    class Watching(MemoryStore):
+        async def finish_run(self, run: RunRecord, *, tasks: Any = (), attempts: Any = ()) -> None:
+            if run.status != "running":
+                ended["tasks"], ended["calls"] = {task.task_id for task in tasks}, len(attempts)
+            await super().finish_run(run, tasks=tasks, attempts=attempts)
+
+    store = Watching()
+
+    def slow(request: ModelRequest) -> str:
+        saved_while_b_ran.update(store.tasks.get("r1", {}))
+        return "ok"
+
+    flow = {"dsl": "orchestrion/v1", "name": "two", "defaults": {"retry": None},
+            "stages": [{"type": "linear", "tasks": [{"id": "a", "model": "fast_ai", "prompt": "a"},
+                                                    {"id": "b", "model": "medium_ai", "prompt": "b"}]}]}
+    model = FakeModel({"medium_ai": slow}, latency={"medium_ai": 0.2})
+    result = await Engine(models=model, store=store).run(flow, run_id="r1")
+    assert result.status == "succeeded"
+    assert saved_while_b_ran == {"a"}  # committed while b was still running: not kept for the end
+    assert ended == {"tasks": {"b"}, "calls": 1}  # b's result and call, with the run's end
+    assert set(store.tasks["r1"]) == {"a", "b"} and len(store.attempts) == 2
+
+
 async def test_a_store_that_cannot_write_fails_the_run_loudly() -> None:
     class Broken(MemoryStore):
         async def save_tasks(self, tasks: Any) -> None:

@@ -9,8 +9,10 @@ loop, for every node that joined it meanwhile. A write that fails raises
 StoreError in every node that waited for it: the run fails loudly. The tick's
 model calls are handed to the store once its results are committed and their
 readers released (nothing but the run's end waits for a call record; ``finish``
-commits the last). Writes are shielded from cancellation, so a cancelled run
-leaves whole rows behind.
+commits the last). A tick that no node reads, once no node is left to settle
+(``ending``), is committed with the run's end and its last calls, in one
+transaction: the rest of the run is rendering its outputs. Writes are shielded
+from cancellation, so a cancelled run leaves whole rows behind.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import operator
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -38,10 +40,11 @@ STALE_SECONDS = 4 * HEARTBEAT_SECONDS
 
 
 class _Batch:
-    __slots__ = ("done", "error", "records", "writing")
+    __slots__ = ("done", "error", "read", "records", "writing")
 
     def __init__(self) -> None:
         self.records: list[TaskRecord] = []
+        self.read = False  # a node waits for the commit: one of these results is read
         self.writing = False
         self.done = anyio.Event()
         self.error: BaseException | None = None
@@ -55,16 +58,18 @@ class Journal:
         self.record = record
         self._batch = _Batch()
         self._attempts: list[AttemptRecord] = []  # model calls not yet written: they go with the next batch
+        self._last: list[TaskRecord] = []  # results no node reads, left for the run's end
+        self.ending: Callable[[], bool] = _never  # the scheduler's: no node is left to settle
 
     def attempt(self, call: Call, model: str, outcome: str, response: ModelResponse | None, cost: float, *,
                 cached: bool = False) -> None:
         """A model call of this run (nested runs included) ended: kept for stats (``AttemptSink``)."""
         usage = response.usage if response is not None and not cached else None  # a hit used no tokens
+        record = self.record  # positional, in the record's field order: a quarter cheaper than keywords
         self._attempts.append(AttemptRecord(
-            self.run_id, call.task_id, call.tally.attempts, model, self.record.workflow, call.attempt_started,
-            time.time() - call.attempt_started, outcome,
-            input_tokens=usage.input_tokens if usage else 0, output_tokens=usage.output_tokens if usage else 0,
-            cost_usd=cost, cached=cached))
+            record.run_id, call.task_id, call.tally.attempts, model, record.workflow, call.attempt_started,
+            time.time() - call.attempt_started, outcome, None, usage.input_tokens if usage else 0,
+            usage.output_tokens if usage else 0, cost, cached))
 
     async def _write_attempts(self) -> None:
         if self._attempts:
@@ -97,6 +102,7 @@ class Journal:
     async def _commit(self, record: TaskRecord, *, wait: bool = True) -> None:
         batch = self._batch
         batch.records.append(record)
+        batch.read = batch.read or wait
         if batch.writing:
             if not wait:
                 return
@@ -108,6 +114,10 @@ class Journal:
                 waiting = len(batch.records)
                 await anyio.lowlevel.cancel_shielded_checkpoint()
             self._batch = _Batch()
+            if not batch.read and self.ending():  # nothing reads them, nothing runs after: written by `finish`
+                self._last.extend(batch.records)
+                batch.done.set()
+                return
             with anyio.CancelScope(shield=True):
                 try:
                     await _written(self.store.save_tasks(batch.records), "save task results")
@@ -134,9 +144,11 @@ class Journal:
             self.record, status=result.status, ended_at=result.ended_at, outputs=result.outputs,
             error=result.error, input_tokens=totals.input_tokens, output_tokens=totals.output_tokens,
             cost_usd=totals.cost_usd)
+        self.ending = _never  # the scheduler's, which holds this journal: no cycle left to the collector
+        last, self._last = self._last, []
+        attempts, self._attempts = self._attempts, []
         with anyio.CancelScope(shield=True):
-            await self._write_attempts()
-            await _written(self.store.finish_run(record), "record the run's end")
+            await _written(self.store.finish_run(record, tasks=last, attempts=attempts), "record the run's end")
             await _written(self.store.flush(), "flush the run's records")
         self.record = record
 
@@ -156,9 +168,10 @@ def restore(result: TaskResult, record: TaskRecord) -> None:
         setattr(result, name, getattr(record, name))
 
 
-def run_record(run_id: str, workflow: str, document: Mapping[str, Any], inputs: Mapping[str, Any],
+def run_record(run_id: str, workflow: str, document: dict[str, Any], inputs: Mapping[str, Any],
                *, source: str | None = None, digest: str | None = None) -> RunRecord:
-    return RunRecord(run_id, workflow, dict(document), dict(inputs), time.time(), source, digest)
+    # The document is not copied: the runs of one Workflow object share it (the store encodes it once).
+    return RunRecord(run_id, workflow, document, dict(inputs), time.time(), source, digest)
 
 
 async def _written(write: Any, what: str) -> None:
@@ -168,6 +181,10 @@ async def _written(write: Any, what: str) -> None:
         raise
     except Exception as error:  # the store's own errors are StoreError; anything else is one too
         raise StoreError(f"the run store could not {what}: {type(error).__name__}: {error}") from error
+
+
+def _never() -> bool:
+    return False
 
 
 def _owner() -> str:

@@ -45,10 +45,15 @@ class Resumable:
     stored: StoredRun
 
 
+def workflow_document(workflow: Workflow) -> dict[str, Any]:
+    """The workflow as the compiler read it, JSON-ready: what a run records so a resume recompiles it."""
+    return workflow.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
 async def new_journal(store: RunStore, workflow: Workflow, plan: Plan, inputs: Mapping[str, Any],
-                      run_id: str | None) -> Journal:
-    """The journal of a run about to start: the workflow as read, and where it came from."""
-    document = workflow.model_dump(mode="json", by_alias=True, exclude_unset=True)
+                      run_id: str | None, *, document: dict[str, Any]) -> Journal:
+    """The journal of a run about to start: the workflow as read (``document``, shared by the runs of
+    one Workflow object and never changed), and where it came from."""
     source = workflow.origin.file if workflow.origin is not None else None
     digest = await anyio.to_thread.run_sync(file_digest, source) if source is not None else None
     record = run_record(run_id or uuid.uuid4().hex, plan.name, document, inputs,

@@ -78,8 +78,10 @@ class _Scheduler:
         self.bus = bus
         self.journal = journal
         self.restored = {task_id: record for task_id, record in restored.items() if record.status != ITEM_STATUS}
+        self.unsettled = len(state.plan.nodes)  # nodes whose result is not final yet (or never will be)
         if journal is not None:
             state.save_item = journal.checkpoint_item
+            journal.ending = lambda: self.unsettled == 0
             state.items_done = {key: record.output for key, record in restored.items()
                                 if record.status == ITEM_STATUS}
         self.plan = state.plan
@@ -137,28 +139,36 @@ class _Scheduler:
         results = self.state.results
         while node is not None:
             result = results[node.id]
-            if node.id in self.restored:
-                self._restore(node, result)
-            elif self._should_execute(node, result):
-                self._started(node, result)
-                try:
-                    if self.limiter is None:
-                        output = await execute(self.services, self.state, node, result, self._nested)
-                    else:
-                        async with self.limiter:
-                            output = await execute(self.services, self.state, node, result, self._nested)
-                except anyio.get_cancelled_exc_class():
-                    result.status, result.ended_at = "cancelled", time.time()
-                    raise
-                except Exception as error:  # every failure becomes the task's result, never the group's
-                    self._fail(node, result, error)
-                else:
-                    self._succeeded(node, result, output)
-                if self.journal is not None and (self.failure is None or self.failed_node == node.id):
-                    await self._checkpoint(node, result)  # the critical failure too: `runs show` tells it
+            executed = await self._settle(node, result)
+            self.unsettled -= 1
+            if executed and self.journal is not None and (self.failure is None or self.failed_node == node.id):
+                await self._checkpoint(node, result)  # the critical failure too: `runs show` tells it
             node = self._release(node) if self.failure is None else None
             if node is not None:
                 await anyio.lowlevel.checkpoint_if_cancelled()  # a long chain stays cancellable
+
+    async def _settle(self, node: Node, result: TaskResult) -> bool:
+        """The node's final result: restored, skipped, or run (then True)."""
+        if node.id in self.restored:
+            self._restore(node, result)
+            return False
+        if not self._should_execute(node, result):
+            return False
+        self._started(node, result)
+        try:
+            if self.limiter is None:
+                output = await execute(self.services, self.state, node, result, self._nested)
+            else:
+                async with self.limiter:
+                    output = await execute(self.services, self.state, node, result, self._nested)
+        except anyio.get_cancelled_exc_class():
+            result.status, result.ended_at = "cancelled", time.time()
+            raise
+        except Exception as error:  # every failure becomes the task's result, never the group's
+            self._fail(node, result, error)
+        else:
+            self._succeeded(node, result, output)
+        return True
 
     async def _checkpoint(self, node: Node, result: TaskResult) -> None:
         """The result is committed before the nodes that read it start; a failed write fails the run."""

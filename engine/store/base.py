@@ -39,9 +39,11 @@ class RunStore(Protocol):
     async def save_tasks(self, tasks: Sequence[TaskRecord]) -> None:
         """``save_task`` for several, in one transaction (the results of one scheduler tick)."""
 
-    async def finish_run(self, run: RunRecord) -> None:
+    async def finish_run(self, run: RunRecord, *, tasks: Sequence[TaskRecord] = (),
+                         attempts: Sequence[AttemptRecord] = ()) -> None:
         """Update a recorded run's row to ``run``: how it ended (status, outputs, error, usage,
-        ``ended_at``), or ``running`` again when it is resumed (committed on return)."""
+        ``ended_at``), or ``running`` again when it is resumed; with the run's last results
+        (``save_tasks``) and model calls, in the same transaction (committed on return)."""
 
     async def heartbeat(self, run_ids: Sequence[str], now: float) -> None:
         """Mark running runs as alive (a sweep marks those whose heartbeat stopped as interrupted)."""

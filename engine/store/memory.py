@@ -43,8 +43,12 @@ class MemoryStore:
         for task in tasks:
             await self.save_task(task)
 
-    async def finish_run(self, run: RunRecord) -> None:
+    async def finish_run(self, run: RunRecord, *, tasks: Sequence[TaskRecord] = (),
+                         attempts: Sequence[AttemptRecord] = ()) -> None:
         self.runs[run.run_id] = run
+        if tasks:
+            await self.save_tasks(tasks)
+        self.attempts.extend(attempts)
 
     async def heartbeat(self, run_ids: Sequence[str], now: float) -> None:
         for run_id in run_ids:

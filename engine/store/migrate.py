@@ -1,9 +1,10 @@
 """Bring a database's schema to this version's, with Alembic, when a store opens.
 
 The revisions live in ``migrations/versions`` (shipped in the package). ``upgrade`` runs inside
-the store's own write transaction, given as a sync connection by ``AsyncConnection.run_sync``:
-on SQLite that transaction holds the write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory
-lock, so processes opening one new database at once migrate it once. The version is kept in its
+the store's own write transaction, on its sync connection (in SQLite's writer thread, or through
+``AsyncConnection.run_sync`` on PostgreSQL): on SQLite that transaction holds the write lock
+(``BEGIN IMMEDIATE``), on PostgreSQL an advisory lock, so processes opening one new database at
+once migrate it once. The version is kept in its
 own table, apart from any Alembic history of an application sharing the database.
 """
 

@@ -78,12 +78,13 @@ ATTEMPT_COLUMNS = ("run_id", "task_id", "item", "attempt", "model", "workflow", 
                    "outcome", "input_tokens", "output_tokens", "cost_usd", "cached")
 
 
-def run_values(run: RunRecord) -> tuple[Any, ...]:
-    """``run``'s row in ``RUN_COLUMNS`` order."""
+def run_values(run: RunRecord, document: str | None = None) -> tuple[Any, ...]:
+    """``run``'s row in ``RUN_COLUMNS`` order; ``document``: its document, encoded already."""
     where = f"run {run.run_id!r}"
-    return (run.run_id, run.workflow, encoded(run.document, lambda: f"the workflow document of {where}"),
-            encoded(run.inputs, lambda: f"the inputs of {where}"), run.started_at, run.source, run.source_digest,
-            run.parent_run_id, *run_end_values(run)[:-1])
+    if document is None:
+        document = encoded(run.document, lambda: f"the workflow document of {where}")
+    return (run.run_id, run.workflow, document, encoded(run.inputs, lambda: f"the inputs of {where}"),
+            run.started_at, run.source, run.source_digest, run.parent_run_id, *run_end_values(run)[:-1])
 
 
 def run_end_values(run: RunRecord) -> tuple[Any, ...]:

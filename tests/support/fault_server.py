@@ -204,13 +204,21 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def running_fault_server() -> Iterator[FaultServer]:
-    server = FaultServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+def serving_in_thread(httpd: ThreadingHTTPServer) -> Iterator[None]:
+    """``httpd`` serving in a thread until the block ends. A short poll interval: ``shutdown()`` waits for
+    it (0.5 s by default, on every test's teardown)."""
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield server
+        yield
     finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        httpd.shutdown()
+        httpd.server_close()
         thread.join(timeout=5)
+
+
+@contextmanager
+def running_fault_server() -> Iterator[FaultServer]:
+    server = FaultServer()
+    with serving_in_thread(server.httpd):
+        yield server

@@ -67,7 +67,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import av
 from PIL import Image
 
-from tests.support.fault_server import NoDelayHandler, QuietServer
+from tests.support.fault_server import NoDelayHandler, QuietServer, serving_in_thread
 
 Color = tuple[int, int, int]
 Image.init()  # every plugin, so Image.MIME knows WEBP too
@@ -739,15 +739,8 @@ def _handler(server: MediaServer) -> type[BaseHTTPRequestHandler]:
 def running_media_server() -> Iterator[MediaServer]:
     """A started MediaServer, shut down on exit."""
     server = MediaServer()
-    # A short poll interval: shutdown() waits for it (0.5 s by default, on every test's teardown).
-    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(server.httpd):
         yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        thread.join(timeout=5)
 
 
 __all__ = [

@@ -56,7 +56,8 @@ def pipeline_for(config: EngineConfig, clients: Clients, breakers: Breakers, *, 
     windows = {alias: model.context_window for alias, model in config.models.items()}
     routes = provider_routes(config, set(DEFAULT_MODEL_ALIASES))
     return build_pipeline(PipelineParts(
-        clients=clients, prices=prices, breakers=breakers, gatekeeper=Gatekeeper(config.gates, windows),
+        clients=clients, prices=prices, breakers=breakers,
+        gatekeeper=Gatekeeper(config.gates, windows, _configured_abilities(config)),
         tokenizers={alias: model.tokenizer for alias, model in config.models.items()},
         rate_limiters=rate_limiters(config, routes, {} if links is None else links),
         slots=slots(config, routes, model_concurrency), retry=config.retry, sleep=sleep, store=store, cap=cap,
@@ -126,6 +127,12 @@ def build_clients(config: EngineConfig, aliases: set[str]) -> dict[str, ModelCli
         if served or name == config.default_provider:
             providers[name] = build_provider(name, provider, served)
     return {alias: providers[owner] for alias, (owner, _) in routes.items()}
+
+
+def _configured_abilities(config: EngineConfig) -> dict[str, frozenset[str]]:
+    """What each alias under `models:` can do, for the gates: "vision", "image", "video"."""
+    return {alias: frozenset({"vision"} if model.vision else set()) | frozenset(model.generates)
+            for alias, model in config.models.items()}
 
 
 def abilities(config: EngineConfig, clients: Clients) -> tuple[set[str], dict[str, set[str]]]:

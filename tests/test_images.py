@@ -446,3 +446,18 @@ async def test_the_openai_face_takes_image_parts_as_data_urls(media: MediaServer
         assert "does not read images" in str(refused.value.body)
         await client.close()
     await engine.aclose()
+
+
+async def test_a_gate_never_switches_an_image_call_to_a_model_that_cannot_read_it(
+        media: MediaServer, tmp_path: Path) -> None:
+    engine = await engine_for(media, tmp_path, gates=[{"above": 500, "use": "writer"}])
+    before = len(media.requests_of("chat"))
+    result = await engine.run(look(["eyes_claude", "eyes_openai"]), {"photo": make_png(1000, 1000)})
+    assert result.status == "failed"
+    assert "the gate above 500 tokens sends this call to writer, which cannot read images" in str(result.error)
+    assert len(media.requests_of("chat")) == before  # nothing sent to the text model
+    text_only = {"dsl": "orchestrion/v1", "name": "t", "stages": [{"type": "inline", "tasks": [
+        {"id": "a", "model": "eyes_openai", "prompt": "word " * 600}]}], "outputs": {"a": "{{ a }}"}}
+    switched = await engine.run(text_only)  # a call without images is switched as before
+    assert switched.status == "succeeded" and switched.tasks["a"].model == "writer"
+    await engine.aclose()

@@ -37,25 +37,40 @@ class GateDecision:
 
 
 class Gatekeeper:
-    def __init__(self, rules: Sequence[GateRule], windows: Mapping[str, int | None]) -> None:
+    def __init__(self, rules: Sequence[GateRule], windows: Mapping[str, int | None],
+                 abilities: Mapping[str, frozenset[str]] | None = None) -> None:
         self.rules = sorted(rules, key=lambda rule: rule.above, reverse=True)
         self.windows = windows
+        # What each configured alias can do ("vision", "image", "video"): a gate never switches a call
+        # with images, or a generation, to an alias that cannot take it.
+        self.abilities = abilities or {}
 
     @property
     def active(self) -> bool:
         return bool(self.rules) or any(window is not None for window in self.windows.values())
 
-    def decide(self, alias: str, tokens: int, max_tokens: int | None, counted_by: str) -> GateDecision:
+    def decide(self, alias: str, tokens: int, max_tokens: int | None, counted_by: str,
+               needs: frozenset[str] = frozenset()) -> GateDecision:
         for rule in self.rules:
             if tokens > rule.above:
                 if rule.deny:
                     return GateDecision(alias, tokens, "deny", f"{tokens} tokens ({counted_by}) is above the "
                                         f"limit of {rule.above} tokens")
                 if rule.use != alias:
+                    self._check_able(str(rule.use), needs, rule.above)
                     return self._fits(str(rule.use), tokens, max_tokens, "switch",
                                       f"{tokens} tokens ({counted_by}) is above {rule.above}: {rule.use}")
                 break
         return self._fits(alias, tokens, max_tokens, "allow", f"{tokens} tokens ({counted_by})")
+
+    def _check_able(self, alias: str, needs: frozenset[str], above: int) -> None:
+        able = self.abilities.get(alias)
+        missing = sorted(needs - able) if able is not None else []
+        if missing:
+            what = {"vision": "read images", "image": "make images", "video": "make videos"}
+            raise ModelError("bad_request", f"the gate above {above} tokens sends this call to {alias}, which cannot "
+                             f"{' or '.join(what[need] for need in missing)}: give that gate an alias that can",
+                             model=alias)
 
     def _fits(self, alias: str, tokens: int, max_tokens: int | None, action: Literal["allow", "switch"],
               reason: str) -> GateDecision:
@@ -80,7 +95,7 @@ class GateStage:
         alias = request.model
         tokens, counted_by = await count_request(request, self.tokenizers.get(alias), self.clients(alias))
         try:
-            decision = self.gatekeeper.decide(alias, tokens, request.max_tokens, counted_by)
+            decision = self.gatekeeper.decide(alias, tokens, request.max_tokens, counted_by, needs(request))
         except ModelError as error:
             _announce(call, alias, tokens, "deny", error.message)
             raise
@@ -88,6 +103,14 @@ class GateStage:
         if decision.action == "deny":
             raise ModelError("denied", f"the request was denied by a gate: {decision.reason}", model=alias)
         return request if decision.alias == alias else for_model(request, decision.alias)
+
+
+def needs(request: ModelRequest) -> frozenset[str]:
+    """What a model must be able to do to answer ``request``: read its images, make its media."""
+    wanted = {"vision"} if any(message.images for message in request.messages) else set()
+    if request.generate is not None:
+        wanted.add(request.generate.media)
+    return frozenset(wanted)
 
 
 def _announce(call: Call, alias: str, tokens: int, action: str, reason: str) -> None:

@@ -25,7 +25,7 @@ import anyio
 
 from engine.errors import ErrorKind, ModelError
 from engine.model.client import Message, ModelRequest, ModelResponse, TextDelta, Usage
-from engine.model.media import DEFAULT_VIDEO_SECONDS, Media
+from engine.model.media import DEFAULT_VIDEO_SECONDS, Media, MediaError, sniff
 from engine.providers.http import HttpClientPool, WholeAnswer, download, error_from_event, post_json, post_sse
 from engine.providers.images import GEMINI, check_images, media_from_base64
 from engine.providers.settings import HttpProviderConfig
@@ -208,19 +208,27 @@ def _inline_media(data: Any, model: str) -> list[Media]:
     for part in parts if isinstance(parts, list) else ():
         inline = (part.get("inlineData") or part.get("inline_data")) if isinstance(part, dict) else None
         if isinstance(inline, dict):
-            kind = str(inline.get("mimeType") or inline.get("mime_type") or "image/png")
-            media.append(media_from_base64(inline.get("data"), kind, model))
+            declared = str(inline.get("mimeType") or inline.get("mime_type") or "image/png")
+            made = media_from_base64(inline.get("data"), declared, model)
+            # The bytes' own header names the type (and the file's suffix), not the label; a type the
+            # engine does not read is kept as declared.
+            with contextlib.suppress(MediaError):
+                made = Media(made.data, sniff(made.data, f"an image from {model}")[0])
+            media.append(made)
     if not media:
         raise ModelError("server_error", f"{model} answered without an image (is it an image model?)", model=model)
     return media
 
 
 def _video_uris(operation: dict[str, Any], model: str) -> list[str]:
-    response = operation.get("response") or {}
+    response = operation.get("response")
+    response = response if isinstance(response, dict) else {}  # the provider's answer: checked, not trusted
     video_response = response.get("generateVideoResponse") or response.get("generatedVideos") or {}
     samples = video_response.get("generatedSamples") if isinstance(video_response, dict) else None
-    uris = [sample["video"]["uri"] for sample in samples or ()
-            if isinstance(sample, dict) and isinstance((sample.get("video") or {}).get("uri"), str)]
+    samples = samples if isinstance(samples, list) else []
+    uris = [sample["video"]["uri"] for sample in samples
+            if isinstance(sample, dict) and isinstance(sample.get("video"), dict)
+            and isinstance(sample["video"].get("uri"), str)]
     if not uris:
         filtered = video_response.get("raiMediaFilteredReasons") if isinstance(video_response, dict) else None
         why = f": filtered ({'; '.join(map(str, filtered))})" if filtered else ""

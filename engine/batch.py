@@ -227,24 +227,10 @@ async def _numbered(inputs: Inputs, deliver: Deliver, cap: CostCap | None = None
     Under a cost ``cap``, it ends once the cap is reached, the reason added to ``stopped``.
 
     A plain iterable is read on the event loop: it must not block (read files with an async one)."""
-    index = 0
-    if isinstance(inputs, AsyncIterable):
-        source = aiter(inputs)
-        try:
-            async for values in source:
-                if cap is not None and await _reached(cap, stopped):
-                    return
-                if isinstance(values, Mapping):
-                    yield index, dict(values)
-                else:
-                    await deliver(_not_a_mapping(index, values))
-                index += 1
-        finally:
-            close = getattr(source, "aclose", None)
-            if close is not None:
-                await close()
-    else:
-        for values in inputs:
+    source = aiter(inputs) if isinstance(inputs, AsyncIterable) else _as_async(inputs)
+    try:
+        index = 0
+        async for values in source:
             if cap is not None and await _reached(cap, stopped):
                 return
             if isinstance(values, Mapping):
@@ -252,6 +238,15 @@ async def _numbered(inputs: Inputs, deliver: Deliver, cap: CostCap | None = None
             else:
                 await deliver(_not_a_mapping(index, values))
             index += 1
+    finally:
+        close = getattr(source, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _as_async(values: Iterable[Any]) -> AsyncGenerator[Any, None]:
+    for value in values:
+        yield value
 
 
 async def _reached(cap: CostCap, stopped: list[str] | None) -> bool:

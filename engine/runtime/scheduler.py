@@ -97,7 +97,9 @@ class _Scheduler:
         state, started = self.state, time.time()
         if self.journal is not None:  # recorded before anything runs: an accepted run is never lost
             await self.journal.start(resumed=bool(self.restored))
-        state.emit(RunStarted, workflow=self.plan.name, inputs=plain_inputs(state.inputs), nodes=len(self.plan.nodes))
+        if state.emit.active:  # the inputs made JSON (an image as its file) only when somebody listens
+            state.emit(RunStarted, workflow=self.plan.name, inputs=plain_inputs(state.inputs),
+                       nodes=len(self.plan.nodes))
         status: RunStatus = "succeeded"
         try:
             with anyio.fail_after(self.plan.limits.timeout):

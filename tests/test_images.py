@@ -461,3 +461,42 @@ async def test_a_gate_never_switches_an_image_call_to_a_model_that_cannot_read_i
     switched = await engine.run(text_only)  # a call without images is switched as before
     assert switched.status == "succeeded" and switched.tasks["a"].model == "writer"
     await engine.aclose()
+
+
+async def test_a_download_sends_the_key_to_the_providers_own_host_only(media: MediaServer) -> None:
+    """A generated file on another host is fetched without the provider's headers, and over https only."""
+    from engine import ModelError
+    from engine.providers.http import HttpClientPool, download
+
+    with running_media_server() as other:
+        made = other.requests_of("file")
+        pool = await anyio.to_thread.run_sync(
+            lambda: HttpClientPool(media.url, {"x-goog-api-key": KEYS["gemini"]}, 10, 5, 4))
+        with pytest.raises(ModelError, match="only https is fetched"):
+            await download(pool, f"{other.url}/files/anything.png", "m")
+        assert other.requests_of("file") == made  # not asked at all: no request, no key
+        await pool.aclose()
+        # The provider's own host redirecting to another one: the redirect is not followed with the key.
+        redirect = _redirect_server(f"{other.url}/files/anything.png")
+        pool = await anyio.to_thread.run_sync(
+            lambda: HttpClientPool(redirect, {"x-goog-api-key": KEYS["gemini"]}, 10, 5, 4))
+        with pytest.raises(ModelError, match="only https is fetched"):
+            await download(pool, f"{redirect}/v1beta/files/x:download", "m")
+        assert other.requests_of("file") == made
+        await pool.aclose()
+
+
+def _redirect_server(location: str) -> str:
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"

@@ -206,3 +206,41 @@ def test_validate_checks_what_models_can_do_only_with_a_configuration(tmp_path: 
     (tmp_path / "orchestrion.yaml").write_text(
         "providers: {dry: {kind: fake}}\nmodels: {seer: {provider: dry, vision: true}}\n")
     assert main(["validate", str(flow)]) == 0
+
+
+@pytest.mark.parametrize(("limits", "image", "says"), [
+    ("ANTHROPIC", Image(b"x" * 10, "image/png", 9000, 10), "limit of 8000 pixels a side"),
+    ("ANTHROPIC", Image(b"x" * (6 * 1024 * 1024), "image/png", 10, 10), "limit of 5 MB per image"),
+    ("GEMINI", Image(b"x" * 10, "image/gif", 10, 10), "does not take image/gif"),
+    ("OPENAI", Image(b"x" * (21 * 1024 * 1024), "image/png", 10, 10), "limit of 20 MB per image"),
+])
+def test_each_vendors_image_limits_are_checked_before_sending(limits: str, image: Image, says: str) -> None:
+    from engine import ModelError
+    from engine.providers import images as vendor
+
+    request = ModelRequest("m", (Message("user", "x", (image,)),))
+    with pytest.raises(ModelError, match=says) as refused:
+        vendor.check_images(request, getattr(vendor, limits), "m")
+    assert refused.value.kind == "bad_request"  # a fallback chain moves on to the next model
+
+
+async def test_a_generations_price_is_reserved_against_the_runs_cost_limit(tmp_path: Path) -> None:
+    fake = FakeModel(generates=["image"])
+    engine = Engine(models=fake, artifacts=tmp_path, prices={"fast_ai": Price(image=0.04)})
+    document = {**workflow({"prompt": "a cat", "generate": "image", "model": "fast_ai", "count": 3}),
+                "limits": {"max_cost_usd": 0.10}}
+    refused = await engine.run(document)
+    assert refused.status == "failed" and refused.tasks["t"].error_kind == "budget"
+    assert fake.calls == []  # three images at $0.04 would pass $0.10: refused before anything is asked
+    document["stages"][0]["tasks"][0]["count"] = 2
+    paid = await engine.run(document)
+    assert paid.status == "succeeded" and paid.totals.cost_usd == pytest.approx(0.08)
+
+
+def test_a_video_task_waits_900_s_unless_told() -> None:
+    engine = Engine(models=FakeModel(generates=["image", "video"]), artifacts=Path("unused"))
+    video = engine.compile(load_workflow(workflow({"prompt": "x", "generate": "video", "model": "fast_ai"})))
+    told = engine.compile(load_workflow(workflow({"prompt": "x", "generate": "video", "model": "fast_ai",
+                                                  "timeout": 60})))
+    image = engine.compile(load_workflow(workflow({"prompt": "x", "generate": "image", "model": "fast_ai"})))
+    assert [plan.nodes["t"].policies.timeout for plan in (video, told, image)] == [900.0, 60.0, 120.0]  # type: ignore[index,union-attr]

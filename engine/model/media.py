@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the engine's cap on one image, before any provider's own
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp",
             "video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov"}
 
